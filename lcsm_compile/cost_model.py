@@ -1,0 +1,129 @@
+"""Measured cost model of the online convolution's primitives on this machine.
+
+For a group of ``C`` channels and batch ``B`` the engine must choose
+
+* ``block``: the size of the aligned blocks whose pairs a step computes directly (a dot
+  product over the block so far) instead of through small tiles, and
+* ``fft_from``: the smallest tile size computed by FFT (smaller tiles use the direct,
+  batched Toeplitz product).
+
+Both are chosen by timing the primitives at the group's real shape (median of a few runs)
+and minimizing the predicted amortized time per step. Results are cached per
+``(B, C, dtype, device)`` for the life of the process. Nothing here is a guess: the only
+constants are the candidate sets and the memory cap on Toeplitz blocks.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+__all__ = ["Plan", "choose_plan", "clear_cache", "DIRECT_MAX_BYTES"]
+
+# Largest Toeplitz block the direct primitive may hold per level ([C, U, U] of the compute dtype).
+DIRECT_MAX_BYTES = 64 * 2**20
+_BLOCKS = (1, 2, 4, 8, 16, 32, 64)
+_DIRECT_LEVELS = (1, 2, 4, 8, 16, 32, 64, 128)
+_cache: dict[tuple, "Plan"] = {}
+
+
+@dataclass(frozen=True)
+class Plan:
+    """The engine's choices for one group, with the timings they came from (seconds)."""
+
+    block: int
+    fft_from: int
+    measured: dict = field(default_factory=dict, compare=False, hash=False)
+
+    def describe(self) -> str:
+        """One line for reports: the choices and why."""
+        return f"block={self.block} fft_from={self.fft_from} (measured: {len(self.measured)} timings)"
+
+
+def clear_cache() -> None:
+    """Forget all measured plans (tests use it)."""
+    _cache.clear()
+
+
+def _median_time(fn, reps: int = 7) -> float:
+    fn()
+    ts = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        ts.append(time.perf_counter() - t0)
+    ts.sort()
+    return ts[len(ts) // 2]
+
+
+def choose_plan(batch: int, channels: int, dtype: torch.dtype, device: torch.device,
+                max_tile: int) -> Plan:
+    """Measure the primitives at ``[batch, channels]`` and pick ``block`` and ``fft_from``.
+
+    Args:
+        max_tile: the largest tile size the group can use (no need to time beyond it).
+    """
+    device = torch.device(device)
+    key = (batch, channels, dtype, device.type, max(1, max_tile).bit_length())
+    if key in _cache:
+        return _cache[key]
+    from .engine import direct_tile, fft_tile  # the real primitives, timed as they run
+
+    B, C = batch, channels
+    itemsize = torch.empty((), dtype=dtype).element_size()
+    measured: dict[str, float] = {}
+    gen = torch.Generator(device="cpu").manual_seed(0)
+
+    def rnd(*shape):
+        return torch.randn(*shape, generator=gen, dtype=dtype).to(device)
+
+    direct_t: dict[int, float] = {}
+    fft_t: dict[int, float] = {}
+    for U in _DIRECT_LEVELS:
+        if U > max(1, max_tile):
+            break
+        a = rnd(B, C, U)
+        acc = torch.zeros(B, C, 2 * U, dtype=dtype, device=device)
+        spec = torch.fft.rfft(rnd(C, 2 * U), n=2 * U)
+        fft_t[U] = _median_time(lambda: fft_tile(a, spec, acc[..., U:], U))
+        measured[f"fft[{U}]"] = fft_t[U]
+        if C * U * U * itemsize <= DIRECT_MAX_BYTES:
+            T = rnd(C, U, U)
+            direct_t[U] = _median_time(lambda: direct_tile(a, T, acc[..., U:], U))
+            measured[f"direct[{U}]"] = direct_t[U]
+
+    # fft_from: the smallest measured level from which FFT is not slower than direct.
+    fft_from = None
+    for U in sorted(fft_t):
+        if U not in direct_t or fft_t[U] <= direct_t[U]:
+            fft_from = U
+            break
+    if fft_from is None:
+        fft_from = 2 * max(fft_t) if fft_t else 1
+
+    def tile_cost(U: int) -> float:
+        if U in direct_t and U < fft_from:
+            return direct_t[U]
+        return fft_t.get(U, fft_t[max(fft_t)] * (U / max(fft_t)) if fft_t else 0.0)
+
+    # block: minimize (mean red-cell dot product) + sum over small levels of tile/(2U).
+    acc_blk = torch.zeros(max(_BLOCKS), B, C, dtype=dtype, device=device)
+    u_row = rnd(B, C)
+    kr = rnd(max(_BLOCKS), 1, C)
+    best = None
+    for blk in _BLOCKS:
+        if blk > max(1, max_tile) * 2 and blk > 1:
+            break
+        n = max(1, (blk + 1) // 2)
+        # the step's push into the rest of its block: blk_acc[r:] += u * k[:blk-r], mean size
+        red = _median_time(lambda: acc_blk[:n].addcmul_(u_row, kr[:n]))
+        small = sum(tile_cost(U) / (2 * U) for U in _DIRECT_LEVELS if blk <= U < max(_BLOCKS))
+        cost = red + small
+        measured[f"block[{blk}]"] = cost
+        if best is None or cost < best[0]:
+            best = (cost, blk)
+    plan = Plan(block=best[1], fft_from=fft_from, measured=measured)
+    _cache[key] = plan
+    return plan

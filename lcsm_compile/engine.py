@@ -1,0 +1,289 @@
+"""The exact online long-convolution engine (relaxed tiling), pure torch.
+
+:class:`OnlineConv` holds the streaming state of a *group* of causal long convolutions: any
+number of channels (e.g. every channel of every long convolution of a model, concatenated),
+one shared batch. Per channel ``c`` it computes exactly
+
+    y[b, c, t] = sum_{s <= t} u[b, c, s] * k[c, t - s]
+
+one position at a time, in O(L log^2 L) total work instead of O(L^2). The schedule (which
+pairs ``(s, t)`` are computed when) is in :mod:`lcsm_compile.schedule`; the two tile
+primitives (:func:`direct_tile`, :func:`fft_tile`) and the switch between them are measured by
+:mod:`lcsm_compile.cost_model`.
+
+State, in the compute dtype (fp32, or fp64 for fp64):
+
+* ``hist [B, C, max_len]``: the inputs seen so far (time last, so that tiles transform
+  contiguous rows);
+* ``acc [B, C, max_len]``: contributions already added to future outputs;
+* ``blk_hist``, ``blk_acc [block, B, C]``: the current red-cell block, time-major, so that a
+  step reads and writes contiguous rows only: a step pushes its input into the rest of the
+  block's accumulators (``blk_acc[r:] += u * k[:block-r]``) and reads its output from
+  ``blk_acc[r]``. It never touches the big time-last arrays; the block's inputs are flushed
+  to ``hist`` and the next block loaded from ``acc`` once per block.
+
+Use::
+
+    eng = OnlineConv(k, max_len=4096, batch_size=2)     # k: [C, K] filters, K <= or > max_len
+    y_prompt = eng.prefill(u_prompt)                   # [B, C, P] -> [B, C, P]
+    y_t = eng.step(u_t)                                # [B, C] -> [B, C]
+
+For cross-layer groups, each member computes its output with ``diag(u, channels)`` as soon as
+its input is known, and one ``advance()`` after all members runs every tile of the step in one
+batched call.
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+from . import schedule
+from .cost_model import DIRECT_MAX_BYTES, Plan, choose_plan
+from .errors import SessionError
+from .reference import compute_dtype
+
+__all__ = ["OnlineConv", "direct_tile", "fft_tile"]
+
+
+def direct_tile(a: torch.Tensor, toeplitz: torch.Tensor, out: torch.Tensor, U: int) -> None:
+    """Direct tile primitive: ``out[i] += sum_m a[m] * k[U + i - m]`` per batch and channel.
+
+    Args:
+        a: ``[B, C, U]`` inputs of the tile (a view of the engine's history).
+        toeplitz: ``[C, U, U]`` with ``toeplitz[c, i, m] = k[c, U + i - m]`` (lags 1..2U-1).
+        out: ``[B, C, n]`` (``n <= U``) view of the accumulators, updated in place.
+    """
+    n = out.shape[-1]
+    # [C, n, U] @ [C, U, B] -> [C, n, B]: one batched product per channel.
+    o = torch.matmul(toeplitz[:, :n], a.permute(1, 2, 0))
+    out += o.permute(2, 0, 1)
+
+
+def fft_tile(a: torch.Tensor, spectrum: torch.Tensor, out: torch.Tensor, U: int) -> None:
+    """FFT tile primitive, same contract as :func:`direct_tile`.
+
+    ``spectrum`` is ``rfft(k[:, :2U], n=2U)``, ``[C, U+1]``, precomputed once per level. A
+    circular convolution of size 2U has no wrap-around on outputs ``U .. 2U-1`` because the
+    inputs occupy ``0 .. U-1`` only.
+    """
+    n = out.shape[-1]
+    y = torch.fft.irfft(torch.fft.rfft(a, n=2 * U) * spectrum, n=2 * U)
+    out += y[..., U:U + n]
+
+
+class OnlineConv:
+    """Streaming state of a group of causal long convolutions (see module docstring).
+
+    Args:
+        k: ``[C, K]`` filters, fp32 or fp64. Zero beyond ``K``; only ``k[:, :max_len]`` is used.
+        max_len: the number of positions the state can hold (prompt + generated).
+        batch_size: B.
+        dtype: dtype of the inputs and outputs (default ``k.dtype``); bf16/fp16 are computed in
+            fp32 and cast back.
+        block: red-cell block size (power of two); None lets the cost model choose.
+        fft_from: smallest tile size computed by FFT; None lets the cost model choose.
+    """
+
+    def __init__(self, k: torch.Tensor, max_len: int, batch_size: int = 1,
+                 dtype: Optional[torch.dtype] = None, block: Optional[int] = None,
+                 fft_from: Optional[int] = None):
+        if not isinstance(k, torch.Tensor) or k.dim() != 2:
+            raise SessionError(f"filters must be a [C, K] tensor, got {getattr(k, 'shape', type(k))}")
+        if k.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
+            raise SessionError(f"filters must be a real floating dtype, got {k.dtype}")
+        if max_len < 1 or batch_size < 1:
+            raise SessionError(f"max_len and batch_size must be >= 1, got {max_len}, {batch_size}")
+        self.max_len = int(max_len)
+        self.batch_size = int(batch_size)
+        self.dtype = dtype or k.dtype
+        self.device = k.device
+        self.cdtype = compute_dtype(self.dtype if self.dtype == torch.float64 else k.dtype)
+        C, K = k.shape
+        self.channels = C
+        kk = torch.zeros(C, self.max_len, dtype=self.cdtype, device=k.device)
+        m = min(K, self.max_len)
+        kk[:, :m] = k[:, :m].to(self.cdtype)
+        self.k = kk
+        if block is None or fft_from is None:
+            plan = choose_plan(self.batch_size, C, self.cdtype, self.device, self.max_len // 2)
+            block = plan.block if block is None else block
+            fft_from = plan.fft_from if fft_from is None else fft_from
+        schedule._check_block(int(block))
+        self.plan = Plan(block=int(block), fft_from=int(fft_from))
+        self.block = int(block)
+        self.fft_from = int(fft_from)
+        # Red cells: the first block of k, time-major: kb[i, 0, c] = k[c, i] (zero past max_len).
+        kb = torch.zeros(C, self.block, dtype=self.cdtype, device=k.device)
+        kb[:, : min(self.block, self.max_len)] = kk[:, : self.block]
+        self._kb = kb.t().contiguous()[:, None, :]  # [block, 1, C]
+        self._level_data: dict[int, tuple[str, torch.Tensor]] = {}
+        for U in schedule.levels(self.max_len, 0, self.block):
+            self._level_data[U] = self._make_level(U)
+        self.hist = torch.zeros(self.batch_size, C, self.max_len, dtype=self.cdtype, device=self.device)
+        self.acc = torch.zeros_like(self.hist)
+        self.blk_hist = torch.zeros(self.block, self.batch_size, C, dtype=self.cdtype, device=self.device)
+        self.blk_acc = torch.zeros_like(self.blk_hist)
+        self.position = 0
+        self.prefill_len = 0
+        self._blk_start = 0  # first position of the block held in blk_*
+
+    # ------------------------------------------------------------------ setup
+    def _make_level(self, U: int) -> tuple[str, torch.Tensor]:
+        """Precompute one tile level: a Toeplitz block (direct) or a filter spectrum (FFT)."""
+        kseg = torch.zeros(self.channels, 2 * U, dtype=self.cdtype, device=self.device)
+        n = min(2 * U, self.max_len)
+        kseg[:, :n] = self.k[:, :n]
+        if U < self.fft_from and self.channels * U * U * kseg.element_size() <= DIRECT_MAX_BYTES:
+            i = torch.arange(U, device=self.device)
+            lag = U + i[:, None] - i[None, :]  # [U(i), U(m)], values 1 .. 2U-1
+            return ("direct", kseg[:, lag].contiguous())
+        return ("fft", torch.fft.rfft(kseg, n=2 * U))
+
+    def _load_block(self, start: int) -> None:
+        """Make the block starting at ``start`` current: copy its accumulators (time-major).
+
+        Inputs of the block already consumed (``start <= s < position``, after a
+        ``load_state_dict``) are pushed into the block's accumulators again.
+        """
+        self._blk_start = start
+        n = min(self.block, self.max_len - start)
+        if n > 0:
+            self.blk_acc[:n] = self.acc[..., start:start + n].permute(2, 0, 1)
+            self.blk_hist[:n] = self.hist[..., start:start + n].permute(2, 0, 1)
+        for r in range(max(0, self.position - start)):
+            self.blk_acc[r:].addcmul_(self.blk_hist[r], self._kb[: self.block - r])
+
+    def _flush_block(self, upto: int) -> None:
+        """Write the current block's inputs ``[blk_start, upto)`` back to ``hist``."""
+        b = self._blk_start
+        if upto > b:
+            self.hist[..., b:upto] = self.blk_hist[: upto - b].permute(1, 2, 0)
+
+    # ------------------------------------------------------------------ checks
+    def _check_input(self, u: torch.Tensor, C: int, what: str) -> None:
+        if not isinstance(u, torch.Tensor):
+            raise SessionError(f"{what}: expected a tensor, got {type(u).__name__}")
+        if u.device != self.device:
+            raise SessionError(f"{what}: input is on {u.device}, the state is on {self.device}")
+        if u.dtype != self.dtype:
+            raise SessionError(f"{what}: input dtype {u.dtype} does not match the engine's {self.dtype}")
+        if tuple(u.shape[:2]) != (self.batch_size, C) or u.dim() not in (2, 3):
+            raise SessionError(f"{what}: input must be [{self.batch_size}, {C}{', P' if u.dim() == 3 else ''}], "
+                               f"got {tuple(u.shape)}")
+
+    # ------------------------------------------------------------------ API
+    def reset(self) -> None:
+        """Forget all inputs: back to position 0 (filters and plan are kept)."""
+        self.hist.zero_()
+        self.acc.zero_()
+        self.blk_hist.zero_()
+        self.blk_acc.zero_()
+        self.position = 0
+        self.prefill_len = 0
+        self._blk_start = 0
+
+    def prefill(self, u: torch.Tensor) -> torch.Tensor:
+        """Consume ``P`` prompt positions ``u [B, C, P]`` at position 0; return ``y [B, C, P]``.
+
+        One FFT convolution gives the prompt's outputs and its contribution to every future
+        output up to ``max_len``; stepping then continues relative to ``P``.
+        """
+        if self.position != 0:
+            raise SessionError(f"prefill must start at position 0 (the engine is at {self.position}); call reset()")
+        if not isinstance(u, torch.Tensor) or u.dim() != 3:
+            raise SessionError(f"prefill input must be [{self.batch_size}, {self.channels}, P], "
+                               f"got {tuple(getattr(u, 'shape', ()))}")
+        self._check_input(u, self.channels, "prefill")
+        P = u.shape[-1]
+        if P > self.max_len:
+            raise SessionError(f"prefill of {P} positions is past max_len={self.max_len}")
+        if P == 0:
+            return u.clone()
+        uc = u.to(self.cdtype)
+        n = 1 << (P + self.max_len - 2).bit_length()  # >= P + max_len - 1: no aliasing below max_len
+        y = torch.fft.irfft(torch.fft.rfft(uc, n=n) * torch.fft.rfft(self.k, n=n), n=n)[..., : self.max_len]
+        self.hist[..., :P] = uc
+        self.acc[..., P:] += y[..., P:]
+        self.position = P
+        self.prefill_len = P
+        self._load_block(P)
+        return y[..., :P].to(self.dtype)
+
+    def diag(self, u: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
+        """Output of the current position for ``channels`` given their input ``u [B, C']``.
+
+        Records ``u`` and adds the red cells (this block's inputs so far, the diagonal
+        included) to the accumulator; does not move the position. Call :meth:`advance` once
+        after every member of the group has had its ``diag``.
+        """
+        t = self.position
+        if t >= self.max_len:
+            raise SessionError(f"position {t} is past max_len={self.max_len}")
+        self._check_input(u, len(range(*channels.indices(self.channels))), "step")
+        r = t - self._blk_start
+        self.blk_hist[r, :, channels] = u
+        self.blk_acc[r:, :, channels].addcmul_(self.blk_hist[r, :, channels], self._kb[: self.block - r, :, channels])
+        return self.blk_acc[r, :, channels].to(self.dtype, copy=True)
+
+    def advance(self) -> None:
+        """Finish the current position: run its tile (all channels at once), move on by one."""
+        t = self.position
+        if t >= self.max_len:
+            raise SessionError(f"position {t} is past max_len={self.max_len}")
+        self.position = t + 1
+        if t + 1 - self._blk_start < self.block and t + 1 < self.max_len:
+            return  # inside a block: nothing but the red cells, already done
+        self._flush_block(t + 1)
+        tile = schedule.tile_after_step(t, self.prefill_len, self.max_len, self.block)
+        if tile is not None:
+            U = tile.size
+            kind, data = self._level_data[U]
+            a = self.hist[..., tile.s0:tile.s1]
+            out = self.acc[..., tile.t0:tile.t1]
+            if kind == "direct":
+                direct_tile(a, data, out, U)
+            else:
+                fft_tile(a, data, out, U)
+        self._load_block(t + 1)
+
+    def step(self, u: torch.Tensor) -> torch.Tensor:
+        """Consume one position ``u [B, C]`` for all channels; return ``y [B, C]``."""
+        y = self.diag(u)
+        self.advance()
+        return y
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> dict:
+        """The streaming state (copies): position, prefill length, input history, accumulators."""
+        hist = self.hist.clone()
+        b = self._blk_start
+        if self.position > b:
+            hist[..., b:self.position] = self.blk_hist[: self.position - b].permute(1, 2, 0)
+        return {"position": self.position, "prefill_len": self.prefill_len,
+                "hist": hist, "acc": self.acc.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore a state from :meth:`state_dict` of an engine with the same filters and shapes."""
+        for name in ("hist", "acc"):
+            if tuple(state[name].shape) != tuple(self.hist.shape):
+                raise SessionError(f"state {name} has shape {tuple(state[name].shape)}, expected {tuple(self.hist.shape)}")
+        position, prefill_len = int(state["position"]), int(state["prefill_len"])
+        if not 0 <= prefill_len <= position <= self.max_len:
+            raise SessionError(f"state has position {position}, prefill {prefill_len}: not valid for max_len={self.max_len}")
+        self.hist.copy_(state["hist"])
+        self.acc.copy_(state["acc"])
+        self.position, self.prefill_len = position, prefill_len
+        self._load_block(schedule.block_start(position, prefill_len, self.block) if position < self.max_len
+                         else position)
+
+    def flops_per_step(self, length: Optional[int] = None) -> float:
+        """Average FLOPs per step of ``length`` steps from position 0 (default ``max_len``)."""
+        length = length or self.max_len
+        f = schedule.tiling_flops(length, self.channels, self.block, self.fft_from, self.batch_size)
+        return f["total"] / length
+
+    def __repr__(self) -> str:
+        return (f"OnlineConv(channels={self.channels}, max_len={self.max_len}, batch={self.batch_size}, "
+                f"dtype={self.dtype}, block={self.block}, fft_from={self.fft_from}, position={self.position})")

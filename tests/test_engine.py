@@ -1,0 +1,220 @@
+"""The online engine equals the full causal convolution, step by step.
+
+Tolerances: fp64 engine vs fp64 golden: 1e-10 relative to max |y|; fp32 engine vs the fp64
+golden of the same (fp32-representable) inputs: 1e-4 relative to max |y|; bf16/fp16 inputs
+(computed in fp32, outputs cast back): 1e-2 relative.
+"""
+
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from lcsm_compile import OnlineConv, SessionError
+from lcsm_compile.cost_model import choose_plan
+from lcsm_compile.engine import direct_tile, fft_tile
+from lcsm_compile.reference import causal_conv_direct, causal_conv_fft
+
+TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
+
+
+def run_stream(eng, u, P):
+    """Prefill P positions, step the rest: [B, C, L] outputs."""
+    ys = [eng.prefill(u[..., :P])]
+    for t in range(P, u.shape[-1]):
+        ys.append(eng.step(u[..., t])[..., None])
+    return torch.cat(ys, -1)
+
+
+def golden(u, k):
+    return causal_conv_fft(u.double(), k.double())
+
+
+def assert_close(y, ref, dtype):
+    scale = ref.abs().max().clamp_min(1e-30)
+    err = (y.double() - ref).abs().max()
+    assert err <= TOL[dtype] * scale, f"max error {err:.3g} vs scale {scale:.3g} (tol {TOL[dtype]})"
+
+
+@pytest.mark.parametrize("L", [1, 2, 7, 37, 100, 257])
+@pytest.mark.parametrize("P", [0, 1, 17, 32])
+@pytest.mark.parametrize("block,fft_from", [(1, 1), (1, 1 << 20), (4, 8), (16, 16), (None, None)])
+def test_engine_matches_fft_conv_fp64(L, P, block, fft_from):
+    P = min(P, L)
+    B, C = 2, 3
+    u = torch.randn(B, C, L, dtype=torch.float64)
+    k = torch.randn(C, L, dtype=torch.float64)
+    eng = OnlineConv(k, max_len=L, batch_size=B, block=block, fft_from=fft_from)
+    assert_close(run_stream(eng, u, P), golden(u, k), torch.float64)
+
+
+def test_fft_conv_matches_definition():
+    u, k = torch.randn(2, 3, 33, dtype=torch.float64), torch.randn(3, 40, dtype=torch.float64)
+    assert torch.allclose(causal_conv_fft(u, k), causal_conv_direct(u, k), atol=1e-12)
+
+
+@pytest.mark.parametrize("C", [1, 5, 64, 1024])
+@pytest.mark.parametrize("B", [1, 3])
+def test_channels_and_batch_fp32(C, B):
+    L, P = 150, 37
+    u = torch.randn(B, C, L)
+    k = torch.randn(C, L) * torch.exp(-torch.arange(L) / 40.0)
+    eng = OnlineConv(k, max_len=L, batch_size=B)
+    assert_close(run_stream(eng, u, P), golden(u, k), torch.float32)
+
+
+@pytest.mark.slow
+def test_long_sequence_fp32():
+    L, C = 5000, 4
+    u = torch.randn(1, C, L)
+    k = torch.randn(C, L) / L ** 0.5
+    eng = OnlineConv(k, max_len=L, batch_size=1)
+    assert_close(run_stream(eng, u, 0), golden(u, k), torch.float32)
+
+
+def test_long_sequence_fp64_with_prompt():
+    L, C, P = 5000, 2, 1000
+    u = torch.randn(1, C, L, dtype=torch.float64)
+    k = torch.randn(C, L, dtype=torch.float64)
+    eng = OnlineConv(k, max_len=L, batch_size=1, block=8, fft_from=32)
+    assert_close(run_stream(eng, u, P), golden(u, k), torch.float64)
+
+
+@pytest.mark.parametrize("K", [1, 5, 64, 300])
+def test_filter_length_differs_from_max_len(K):
+    L = 100
+    u = torch.randn(1, 3, L, dtype=torch.float64)
+    k = torch.randn(3, K, dtype=torch.float64)
+    eng = OnlineConv(k, max_len=L, block=4, fft_from=8)
+    kz = torch.zeros(3, L, dtype=torch.float64)
+    kz[:, : min(K, L)] = k[:, :L]
+    assert_close(run_stream(eng, u, 10), golden(u, kz), torch.float64)
+
+
+def test_max_len_beyond_generated_length():
+    """The state may be larger than what is generated: outputs are the same."""
+    u = torch.randn(2, 3, 40, dtype=torch.float64)
+    k = torch.randn(3, 512, dtype=torch.float64)
+    eng = OnlineConv(k, max_len=512, batch_size=2, block=2, fft_from=4)
+    assert_close(run_stream(eng, u, 5), golden(u, k[:, :40]), torch.float64)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_low_precision_inputs(dtype):
+    L, C = 80, 6
+    u = torch.randn(2, C, L).to(dtype)
+    k = torch.randn(C, L) * 0.1
+    eng = OnlineConv(k, max_len=L, batch_size=2, dtype=dtype)
+    y = run_stream(eng, u, 9)
+    assert y.dtype == dtype
+    assert_close(y, golden(u.float(), k), dtype)
+
+
+@settings(max_examples=40, deadline=None)
+@given(L=st.integers(1, 200), P=st.integers(0, 200), C=st.integers(1, 9), K=st.integers(1, 260),
+       block=st.sampled_from([1, 2, 4, 8, 16, 64, None]), fft_from=st.sampled_from([1, 2, 4, 16, 1 << 20]),
+       B=st.integers(1, 3))
+def test_property_engine_equals_conv(L, P, C, K, block, fft_from, B):
+    P = min(P, L)
+    g = torch.Generator().manual_seed(L * 1000 + P)
+    u = torch.randn(B, C, L, dtype=torch.float64, generator=g)
+    k = torch.randn(C, K, dtype=torch.float64, generator=g)
+    eng = OnlineConv(k, max_len=L, batch_size=B, block=block, fft_from=fft_from)
+    kz = torch.zeros(C, L, dtype=torch.float64)
+    kz[:, : min(K, L)] = k[:, :L]
+    assert_close(run_stream(eng, u, P), golden(u, kz), torch.float64)
+
+
+def test_group_members_step_separately():
+    """diag() per member (cross-layer use) then one advance() equals step() on all channels."""
+    L, C = 70, 6
+    u = torch.randn(1, C, L, dtype=torch.float64)
+    k = torch.randn(C, L, dtype=torch.float64)
+    eng = OnlineConv(k, max_len=L, block=4, fft_from=8)
+    eng.prefill(u[..., :3])
+    ys = []
+    for t in range(3, L):
+        a = eng.diag(u[:, :2, t], slice(0, 2))
+        b = eng.diag(u[:, 2:, t], slice(2, 6))
+        eng.advance()
+        ys.append(torch.cat([a, b], -1))
+    assert_close(torch.stack(ys, -1), golden(u, k)[..., 3:], torch.float64)
+
+
+def test_state_dict_round_trip():
+    L, C = 90, 3
+    u = torch.randn(2, C, L, dtype=torch.float64)
+    k = torch.randn(C, L, dtype=torch.float64)
+    ref = golden(u, k)
+    eng = OnlineConv(k, max_len=L, batch_size=2, block=8, fft_from=4)
+    eng.prefill(u[..., :11])
+    for t in range(11, 30):
+        eng.step(u[..., t])
+    state = eng.state_dict()
+    fresh = OnlineConv(k, max_len=L, batch_size=2, block=8, fft_from=4)
+    fresh.load_state_dict(state)
+    assert fresh.position == 30
+    ys = [fresh.step(u[..., t]) for t in range(30, L)]
+    assert_close(torch.stack(ys, -1), ref[..., 30:], torch.float64)
+    # the original engine carries on identically
+    ys2 = [eng.step(u[..., t]) for t in range(30, L)]
+    assert torch.equal(torch.stack(ys, -1), torch.stack(ys2, -1))
+
+
+def test_reset():
+    u = torch.randn(1, 2, 20, dtype=torch.float64)
+    k = torch.randn(2, 20, dtype=torch.float64)
+    eng = OnlineConv(k, max_len=20, block=2, fft_from=2)
+    run_stream(eng, u, 3)
+    eng.reset()
+    assert eng.position == 0
+    assert_close(run_stream(eng, u, 0), golden(u, k), torch.float64)
+
+
+def test_errors_leave_state_usable():
+    L, C = 12, 2
+    u = torch.randn(1, C, L, dtype=torch.float64)
+    k = torch.randn(C, L, dtype=torch.float64)
+    eng = OnlineConv(k, max_len=L, block=2, fft_from=2)
+    eng.prefill(u[..., :2])
+    with pytest.raises(SessionError, match=r"\[1, 2\]"):
+        eng.step(torch.zeros(1, 3, dtype=torch.float64))
+    with pytest.raises(SessionError, match="dtype"):
+        eng.step(torch.zeros(1, C, dtype=torch.float32))
+    with pytest.raises(SessionError, match="position 0"):
+        eng.prefill(u[..., :2])
+    with pytest.raises(SessionError, match="meta|device"):
+        eng.step(torch.zeros(1, C, dtype=torch.float64, device="meta"))
+    ys = [eng.step(u[..., t]) for t in range(2, L)]
+    assert_close(torch.stack(ys, -1), golden(u, k)[..., 2:], torch.float64)
+    with pytest.raises(SessionError, match="past max_len"):
+        eng.step(u[..., 0])
+    assert eng.position == L
+    with pytest.raises(SessionError):
+        OnlineConv(torch.zeros(3), max_len=4)
+    with pytest.raises(SessionError):
+        OnlineConv(torch.zeros(2, 3, dtype=torch.int64), max_len=4)
+    with pytest.raises(SessionError, match="past max_len"):
+        OnlineConv(k, max_len=4).prefill(u[..., :5])
+
+
+def test_primitives_agree():
+    """Direct (Toeplitz) and FFT tiles compute the same tile."""
+    U, B, C = 8, 2, 3
+    k = torch.randn(C, 2 * U, dtype=torch.float64)
+    a = torch.randn(B, C, U, dtype=torch.float64)
+    i = torch.arange(U)
+    T = k[:, U + i[:, None] - i[None, :]]
+    o1 = torch.zeros(B, C, U, dtype=torch.float64)
+    o2 = torch.zeros(B, C, U, dtype=torch.float64)
+    direct_tile(a, T, o1, U)
+    fft_tile(a, torch.fft.rfft(k, n=2 * U), o2, U)
+    want = torch.stack([sum(a[..., m] * k[:, U + t - m] for m in range(U)) for t in range(U)], -1)
+    assert torch.allclose(o1, want) and torch.allclose(o2, want)
+
+
+def test_cost_model_plan_is_valid():
+    plan = choose_plan(1, 16, torch.float32, torch.device("cpu"), 1024)
+    assert plan.block & (plan.block - 1) == 0 and plan.block >= 1
+    assert plan.fft_from >= 1
+    assert any(k.startswith("fft[") for k in plan.measured)
+    assert any(k.startswith("block[") for k in plan.measured)
