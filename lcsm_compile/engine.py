@@ -128,6 +128,7 @@ class OnlineConv:
         self.position = 0
         self.prefill_len = 0
         self._blk_start = 0  # first position of the block held in blk_*
+        self._views: dict = {}
 
     # ------------------------------------------------------------------ setup
     def _make_level(self, U: int) -> tuple[str, torch.Tensor]:
@@ -211,21 +212,40 @@ class OnlineConv:
         self._load_block(P)
         return y[..., :P].to(self.dtype)
 
+    def _member_views(self, channels: slice) -> tuple:
+        """Per-row views of the block buffers for one channel slice (cached: steps do no indexing)."""
+        key = channels.indices(self.channels)
+        views = self._views.get(key)
+        if views is None:
+            sl = slice(*key)
+            C = len(range(*key))
+            views = (C, (self.batch_size, C),
+                     [self.blk_hist[r, :, sl] for r in range(self.block)],
+                     [self.blk_acc[r:, :, sl] for r in range(self.block)],
+                     [self._kb[: self.block - r, :, sl] for r in range(self.block)],
+                     [self.blk_acc[r, :, sl] for r in range(self.block)])
+            self._views[key] = views
+        return views
+
     def diag(self, u: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
         """Output of the current position for ``channels`` given their input ``u [B, C']``.
 
-        Records ``u`` and adds the red cells (this block's inputs so far, the diagonal
-        included) to the accumulator; does not move the position. Call :meth:`advance` once
-        after every member of the group has had its ``diag``.
+        Records ``u`` and pushes it into the rest of the block's accumulators (the red cells,
+        the diagonal included); does not move the position. Call :meth:`advance` once after
+        every member of the group has had its ``diag``.
         """
         t = self.position
         if t >= self.max_len:
             raise SessionError(f"position {t} is past max_len={self.max_len}")
-        self._check_input(u, len(range(*channels.indices(self.channels))), "step")
+        C, shape, hist_rows, acc_tails, k_heads, acc_rows = self._member_views(channels)
+        if not isinstance(u, torch.Tensor) or u.shape != shape or u.dtype != self.dtype or u.device != self.device:
+            self._check_input(u, C, "step")
+            raise SessionError(f"step: input must be [{self.batch_size}, {C}], got {tuple(u.shape)}")
         r = t - self._blk_start
-        self.blk_hist[r, :, channels] = u
-        self.blk_acc[r:, :, channels].addcmul_(self.blk_hist[r, :, channels], self._kb[: self.block - r, :, channels])
-        return self.blk_acc[r, :, channels].to(self.dtype, copy=True)
+        row = hist_rows[r]
+        row.copy_(u)
+        acc_tails[r].addcmul_(row, k_heads[r])
+        return acc_rows[r].to(self.dtype, copy=True)
 
     def advance(self) -> None:
         """Finish the current position: run its tile (all channels at once), move on by one."""
