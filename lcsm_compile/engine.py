@@ -191,12 +191,22 @@ class OnlineConv:
         One FFT convolution gives the prompt's outputs and its contribution to every future
         output up to ``max_len``; stepping then continues relative to ``P``.
         """
+        y = self.prefill_member(u)
+        self.finish_prefill(u.shape[-1])
+        return y
+
+    def prefill_member(self, u: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
+        """The prefill of one group member (``u [B, C', P]`` for ``channels``).
+
+        Does not move the position: call :meth:`finish_prefill` once all members are done.
+        """
         if self.position != 0:
             raise SessionError(f"prefill must start at position 0 (the engine is at {self.position}); call reset()")
+        C = len(range(*channels.indices(self.channels)))
         if not isinstance(u, torch.Tensor) or u.dim() != 3:
-            raise SessionError(f"prefill input must be [{self.batch_size}, {self.channels}, P], "
+            raise SessionError(f"prefill input must be [{self.batch_size}, {C}, P], "
                                f"got {tuple(getattr(u, 'shape', ()))}")
-        self._check_input(u, self.channels, "prefill")
+        self._check_input(u, C, "prefill")
         P = u.shape[-1]
         if P > self.max_len:
             raise SessionError(f"prefill of {P} positions is past max_len={self.max_len}")
@@ -204,13 +214,20 @@ class OnlineConv:
             return u.clone()
         uc = u.to(self.cdtype)
         n = 1 << (P + self.max_len - 2).bit_length()  # >= P + max_len - 1: no aliasing below max_len
-        y = torch.fft.irfft(torch.fft.rfft(uc, n=n) * torch.fft.rfft(self.k, n=n), n=n)[..., : self.max_len]
-        self.hist[..., :P] = uc
-        self.acc[..., P:] += y[..., P:]
+        y = torch.fft.irfft(torch.fft.rfft(uc, n=n) * torch.fft.rfft(self.k[channels], n=n), n=n)[..., : self.max_len]
+        self.hist[:, channels, :P] = uc
+        self.acc[:, channels, P:] += y[..., P:]
+        return y[..., :P].to(self.dtype)
+
+    def finish_prefill(self, P: int) -> None:
+        """Move to position ``P`` after every member's :meth:`prefill_member`."""
+        if self.position != 0:
+            raise SessionError(f"prefill must start at position 0 (the engine is at {self.position})")
+        if not 0 <= P <= self.max_len:
+            raise SessionError(f"prefill of {P} positions is past max_len={self.max_len}")
         self.position = P
         self.prefill_len = P
         self._load_block(P)
-        return y[..., :P].to(self.dtype)
 
     def _member_views(self, channels: slice) -> tuple:
         """Per-row views of the block buffers for one channel slice (cached: steps do no indexing)."""

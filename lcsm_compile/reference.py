@@ -70,65 +70,105 @@ def causal_conv_direct(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 
 class _StreamingBase:
-    """Shared bookkeeping of the streaming oracles: shapes, position, errors."""
+    """Shared part of the streaming oracles: the group interface of :class:`OnlineConv`.
+
+    ``prefill``/``step`` for one convolution; ``prefill_member``/``finish_prefill`` and
+    ``diag``/``advance`` for a group whose members (channel slices) compute one after another.
+    """
 
     def __init__(self, k: torch.Tensor, max_len: int, batch_size: int = 1,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, **_ignored):
         if k.dim() != 2:
             raise SessionError(f"filters must be [C, K], got shape {tuple(k.shape)}")
         self.max_len = int(max_len)
         self.batch_size = int(batch_size)
         self.dtype = dtype or k.dtype
-        cd = compute_dtype(self.dtype)
+        self.cdtype = compute_dtype(self.dtype if self.dtype == torch.float64 else k.dtype)
         C, K = k.shape
         self.channels = C
-        kk = torch.zeros(C, self.max_len, dtype=cd, device=k.device)
+        kk = torch.zeros(C, self.max_len, dtype=self.cdtype, device=k.device)
         m = min(K, self.max_len)
-        kk[:, :m] = k[:, :m].to(cd)
+        kk[:, :m] = k[:, :m].to(self.cdtype)
         self.k = kk
         self.position = 0
+        self.state = torch.zeros(self.batch_size, C, self.max_len, dtype=self.cdtype, device=k.device)
 
-    def _check(self, u: torch.Tensor) -> None:
-        if u.shape != (self.batch_size, self.channels):
-            raise SessionError(f"step input must be [{self.batch_size}, {self.channels}], got {tuple(u.shape)}")
+    def _check(self, u: torch.Tensor, channels: slice) -> None:
+        C = len(range(*channels.indices(self.channels)))
+        if tuple(u.shape) != (self.batch_size, C):
+            raise SessionError(f"step input must be [{self.batch_size}, {C}], got {tuple(u.shape)}")
         if self.position >= self.max_len:
             raise SessionError(f"position {self.position} is past max_len={self.max_len}")
+
+    def prefill(self, u: torch.Tensor) -> torch.Tensor:
+        """Consume ``u [B, C, P]`` at position 0; return its outputs ``[B, C, P]``."""
+        y = self.prefill_member(u)
+        self.finish_prefill(u.shape[-1])
+        return y
+
+    def finish_prefill(self, P: int) -> None:
+        """Move to position ``P`` after every member's ``prefill_member``."""
+        self.position = P
+
+    def step(self, u: torch.Tensor) -> torch.Tensor:
+        """Consume one position ``u [B, C]``; return ``y [B, C]``."""
+        y = self.diag(u)
+        self.advance()
+        return y
+
+    def advance(self) -> None:
+        """Move to the next position (all the work happened in ``diag``)."""
+        if self.position >= self.max_len:
+            raise SessionError(f"position {self.position} is past max_len={self.max_len}")
+        self.position += 1
+
+    def reset(self) -> None:
+        """Back to position 0."""
+        self.state.zero_()
+        self.position = 0
+
+    def state_dict(self) -> dict:
+        """Position and state tensor (copies)."""
+        return {"position": self.position, "state": self.state.clone()}
+
+    def load_state_dict(self, state: dict) -> None:
+        """Restore :meth:`state_dict`."""
+        self.state.copy_(state["state"])
+        self.position = int(state["position"])
 
 
 class LazyConv(_StreamingBase):
     """Streaming causal conv with the input history cached: O(t) work per step.
 
-    ``step(u_t)`` returns ``y_t = sum_{s<=t} u_s k_{t-s}``, one dot product over the history.
-    The filter is stored reversed so the dot product reads both operands contiguously.
+    ``step(u_t)`` returns ``y_t = sum_{s<=t} u_s k_{t-s}``, one dot product over the history
+    (``state`` is the input history). The filter is stored reversed so the dot product reads
+    both operands contiguously.
     """
 
     def __init__(self, k: torch.Tensor, max_len: int, batch_size: int = 1,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, **_ignored):
         super().__init__(k, max_len, batch_size, dtype)
-        cd = compute_dtype(self.dtype)
-        self.hist = torch.zeros(self.batch_size, self.channels, self.max_len, dtype=cd, device=k.device)
+        self.hist = self.state
         self.k_rev = self.k.flip(-1).contiguous()  # k_rev[c, max_len-1-i] = k[c, i]
 
-    def prefill(self, u: torch.Tensor) -> torch.Tensor:
-        """Consume ``u [B, C, P]``; return its outputs ``[B, C, P]`` (full FFT conv)."""
+    def prefill_member(self, u: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
+        """Record the prompt ``u [B, C', P]`` of ``channels``; return its outputs (full FFT conv)."""
         P = u.shape[-1]
         if self.position + P > self.max_len:
             raise SessionError(f"prefill of {P} positions passes max_len={self.max_len}")
         if self.position != 0:
             raise SessionError("prefill must come first")
-        self.hist[..., :P] = u.to(self.hist.dtype)
-        self.position = P
-        return causal_conv_fft(u, self.k)
+        self.hist[:, channels, :P] = u.to(self.hist.dtype)
+        return causal_conv_fft(u, self.k[channels])
 
-    def step(self, u: torch.Tensor) -> torch.Tensor:
-        """Consume one position ``u [B, C]``; return ``y [B, C]``."""
-        self._check(u)
+    def diag(self, u: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
+        """Output of the current position for ``channels``: a dot product over the history."""
+        self._check(u, channels)
         t = self.position
-        self.hist[..., t] = u.to(self.hist.dtype)
+        self.hist[:, channels, t] = u.to(self.hist.dtype)
         # y_t = sum_{s<=t} hist[s] * k[t-s] = sum_s hist[s] * k_rev[max_len-1-t+s]
-        kr = self.k_rev[:, self.max_len - 1 - t:]
-        y = torch.einsum("bcs,cs->bc", self.hist[..., : t + 1], kr)
-        self.position = t + 1
+        kr = self.k_rev[channels, self.max_len - 1 - t:]
+        y = torch.einsum("bcs,cs->bc", self.hist[:, channels, : t + 1], kr)
         return y.to(self.dtype)
 
 
@@ -136,17 +176,16 @@ class EagerConv(_StreamingBase):
     """Streaming causal conv that pushes each new input into all future outputs.
 
     ``step(u_t)``: ``acc[t:] += u_t * k[: max_len - t]``, then ``y_t = acc[t]``:
-    O(max_len - t) work per step.
+    O(max_len - t) work per step (``state`` is the accumulator).
     """
 
     def __init__(self, k: torch.Tensor, max_len: int, batch_size: int = 1,
-                 dtype: torch.dtype | None = None):
+                 dtype: torch.dtype | None = None, **_ignored):
         super().__init__(k, max_len, batch_size, dtype)
-        cd = compute_dtype(self.dtype)
-        self.acc = torch.zeros(self.batch_size, self.channels, self.max_len, dtype=cd, device=k.device)
+        self.acc = self.state
 
-    def prefill(self, u: torch.Tensor) -> torch.Tensor:
-        """Consume ``u [B, C, P]``: outputs for the prompt, and its contribution to the future."""
+    def prefill_member(self, u: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
+        """Outputs for the prompt ``u [B, C', P]`` of ``channels`` and its contribution to the future."""
         P = u.shape[-1]
         if self.position + P > self.max_len:
             raise SessionError(f"prefill of {P} positions passes max_len={self.max_len}")
@@ -154,15 +193,13 @@ class EagerConv(_StreamingBase):
             raise SessionError("prefill must come first")
         full = torch.zeros(*u.shape[:-1], self.max_len, dtype=self.acc.dtype, device=u.device)
         full[..., :P] = u.to(self.acc.dtype)
-        self.acc += causal_conv_fft(full, self.k)
-        self.position = P
-        return self.acc[..., :P].to(self.dtype)
+        self.acc[:, channels] += causal_conv_fft(full, self.k[channels])
+        return self.acc[:, channels, :P].to(self.dtype)
 
-    def step(self, u: torch.Tensor) -> torch.Tensor:
-        """Consume one position ``u [B, C]``; return ``y [B, C]``."""
-        self._check(u)
+    def diag(self, u: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
+        """Output of the current position for ``channels``: push ``u`` into all future outputs."""
+        self._check(u, channels)
         t = self.position
         n = self.max_len - t
-        self.acc[..., t:].addcmul_(u.to(self.acc.dtype)[..., None], self.k[:, :n])
-        self.position = t + 1
-        return self.acc[..., t].to(self.dtype)
+        self.acc[:, channels, t:].addcmul_(u.to(self.acc.dtype)[..., None], self.k[channels, :n])
+        return self.acc[:, channels, t].to(self.dtype)
