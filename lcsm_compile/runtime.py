@@ -30,7 +30,7 @@ from .passes.groups import GroupPlan, plan_groups
 from .passes.step_graph import build_prefill_graph, build_step_graph
 from .reference import EagerConv, LazyConv
 
-__all__ = ["StreamProgram", "build_program", "LongMember", "ShortMember", "ENGINES"]
+__all__ = ["StreamProgram", "build_program", "group_plan", "LongMember", "ShortMember", "ENGINES"]
 
 
 class _NullConv:
@@ -221,6 +221,19 @@ def _make_input(example: torch.Tensor, B: int, L: int) -> torch.Tensor:
     return torch.zeros(shape, dtype=example.dtype, device=example.device)
 
 
+def _record_shapes(lowered, batch_size: int) -> Dict[str, tuple]:
+    """Input shape/dtype/device of every lcsm op, from one run at length 2."""
+    rec = _ShapeRecorder(lowered.gm)
+    with torch.no_grad():
+        rec.run(_make_input(lowered.example, batch_size, 2))
+    return rec.shapes
+
+
+def group_plan(lowered, batch_size: int = 1) -> GroupPlan:
+    """The mixer DAG and cross-layer groups of a streamable lowered model (for ``explain``)."""
+    return plan_groups(lowered.gm, _record_shapes(lowered, batch_size))
+
+
 def build_program(lowered, max_len: int, batch_size: int, engine: str = "online",
                   compile_step: bool = False, engine_options: Optional[dict] = None) -> StreamProgram:
     """Build the streaming program of a streamable lowered model (module docstring)."""
@@ -228,10 +241,8 @@ def build_program(lowered, max_len: int, batch_size: int, engine: str = "online"
     example = lowered.example
     folded = fold_filters(gm, lowered.analysis, lambda L: _make_input(example, 1, L), max_len,
                           check_lengths=sorted({2, 3, 7, max(2, max_len // 3)}))
-    rec = _ShapeRecorder(gm)
-    with torch.no_grad():
-        rec.run(_make_input(example, batch_size, 2))
-    plan = plan_groups(gm, rec.shapes)
+    shapes = _record_shapes(lowered, batch_size)
+    plan = plan_groups(gm, shapes)
     cls = ENGINES[engine]
     engines, longs, shorts = [], {}, {}
     for group in plan.groups:
@@ -240,10 +251,10 @@ def build_program(lowered, max_len: int, batch_size: int, engine: str = "online"
         eng = cls(k, max_len=max_len, batch_size=group.batch, dtype=group.dtype, **(engine_options or {}))
         engines.append(eng)
         for m in group.members:
-            lead, C, dtype, device = rec.shapes[m]
+            lead, C, dtype, device = shapes[m]
             longs[m] = LongMember(m, eng, group.slices[m], lead, C)
     by_name = {n.name: n for n in gm.graph.nodes}
-    for name, (lead, C, dtype, device) in rec.shapes.items():
+    for name, (lead, C, dtype, device) in shapes.items():
         n = by_name[name]
         if n.target != SHORT_CONV:
             continue
