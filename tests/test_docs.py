@@ -30,3 +30,10 @@ def test_readme_quick_start_has_two_commands():
 def test_readme_python_examples_run():
     for block in re.findall(r"```python\n(.*?)```", README, re.S):
         exec(compile(block, "README.md", "exec"), {})
+
+
+def test_docs_python_examples_run():
+    for name in ("streaming.md",):
+        text = (ROOT / "docs" / name).read_text()
+        for block in re.findall(r"```python\n(.*?)```", text, re.S):
+            exec(compile(block, name, "exec"), {})
