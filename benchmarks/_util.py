@@ -27,7 +27,11 @@ def machine() -> dict:
                 cpu = line.split(":", 1)[1].strip()
     except Exception:
         pass
-    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+    try:
+        affinity = sorted(os.sched_getaffinity(0))
+    except Exception:
+        affinity = None
+    return {"cpu": cpu, "cores": os.cpu_count(), "torch_threads": torch.get_num_threads(), "affinity": affinity,
             "torch": torch.__version__, "python": platform.python_version(),
             "capability": torch.backends.cpu.get_cpu_capability()}
 
@@ -42,6 +46,17 @@ def median_time(fn, reps: int = 5, warmup: int = 1) -> float:
         fn()
         ts.append(time.perf_counter() - t0)
     return statistics.median(ts)
+
+
+def min_time(fn, reps: int = 5) -> float:
+    """Fastest of ``reps`` runs: for peak rates (interference only ever adds time)."""
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        best = min(best, time.perf_counter() - t0)
+    return best
 
 
 def loglog_slope(xs, ys) -> float:
@@ -67,6 +82,6 @@ def write_results(name: str, payload: dict, table: str) -> tuple[Path, Path]:
     m = payload["machine"]
     mp.write_text(f"<!-- written by {payload['command']} -->\n"
                   f"Machine: {m['cpu']}, {m['cores']} cores, torch {m['torch']} ({m['capability']}), "
-                  f"{m['torch_threads']} threads. Date: {payload['date']}.\n"
+                  f"{m['torch_threads']} threads, pinned to CPUs {m['affinity']}. Date: {payload['date']}.\n"
                   f"Command: `{payload['command']}`\n\n{table}\n")
     return jp, mp

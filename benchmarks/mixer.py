@@ -32,7 +32,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import loglog_slope, median_time, write_results  # noqa: E402
+from _util import loglog_slope, median_time, min_time, write_results  # noqa: E402
 
 from lcsm_compile import OnlineConv, schedule  # noqa: E402
 from lcsm_compile.reference import EagerConv, LazyConv  # noqa: E402
@@ -42,12 +42,12 @@ def peak_rates(C: int) -> dict:
     """Measured peak throughputs on this machine: GEMM and batched real FFT (flop/s)."""
     n = 1024
     a = torch.randn(n, n)
-    gemm = 2 * n ** 3 / median_time(lambda: a @ a, reps=5)
+    gemm = 2 * n ** 3 / min_time(lambda: a @ a, reps=5)
     best_fft = 0.0
     for U in (256, 1024, 4096):
         x = torch.randn(C, U)
         s = torch.fft.rfft(torch.randn(C, 2 * U), n=2 * U)
-        t = median_time(lambda: torch.fft.irfft(torch.fft.rfft(x, n=2 * U) * s, n=2 * U), reps=5)
+        t = min_time(lambda: torch.fft.irfft(torch.fft.rfft(x, n=2 * U) * s, n=2 * U), reps=7)
         flops = C * (2 * 2.5 * 2 * U * math.log2(2 * U) + 6 * (U + 1))
         best_fft = max(best_fft, flops / t)
     return {"gemm": gemm, "fft": best_fft}
@@ -119,12 +119,15 @@ def main() -> None:
     ap.add_argument("--reps", type=int, default=3, help="full online runs per size (median)")
     ap.add_argument("--full-max", type=int, default=4096, help="largest L at which baselines run in full")
     ap.add_argument("--samples", type=int, default=12, help="sampled steps per baseline above --full-max")
+    ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke test of the script")
     ap.add_argument("--out", default="mixer", help="results file name (benchmarks/results/<out>.json/.md)")
     args = ap.parse_args()
     if args.quick:
         args.channels, args.min_log2, args.max_log2, args.reps, args.full_max = [64], 8, 10, 1, 512
         args.out = args.out if args.out != "mixer" else "mixer_quick"
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(0)
     rows = []
     sizes = [(C, 1 << e) for C in args.channels for e in range(args.min_log2, args.max_log2 + 1)]

@@ -152,8 +152,10 @@ class OnlineConv:
         n = min(self.block, self.max_len - start)
         if n > 0:
             self.blk_acc[:n] = self.acc[..., start:start + n].permute(2, 0, 1)
-            self.blk_hist[:n] = self.hist[..., start:start + n].permute(2, 0, 1)
-        for r in range(max(0, self.position - start)):
+        done = max(0, self.position - start)
+        if done:  # only after load_state_dict / a rollback: inputs of this block already seen
+            self.blk_hist[:done] = self.hist[..., start:start + done].permute(2, 0, 1)
+        for r in range(done):
             self.blk_acc[r:].addcmul_(self.blk_hist[r], self._kb[: self.block - r])
 
     def _flush_block(self, upto: int) -> None:
@@ -284,6 +286,12 @@ class OnlineConv:
             else:
                 fft_tile(a, data, out, U)
         self._load_block(t + 1)
+
+    def rollback(self) -> None:
+        """Undo the ``diag`` calls of the current, unfinished step (after an error half-way
+        through a step of a model): the block's accumulators are rebuilt exactly as they were."""
+        self._flush_block(self.position)
+        self._load_block(self._blk_start)
 
     def step(self, u: torch.Tensor) -> torch.Tensor:
         """Consume one position ``u [B, C]`` for all channels; return ``y [B, C]``."""

@@ -122,6 +122,10 @@ class _StreamingBase:
             raise SessionError(f"position {self.position} is past max_len={self.max_len}")
         self.position += 1
 
+    def rollback(self) -> None:
+        """Undo the ``diag`` calls of an unfinished step (lazy: nothing to undo, the history row
+        is rewritten next time)."""
+
     def reset(self) -> None:
         """Back to position 0."""
         self.state.zero_()
@@ -183,6 +187,7 @@ class EagerConv(_StreamingBase):
                  dtype: torch.dtype | None = None, **_ignored):
         super().__init__(k, max_len, batch_size, dtype)
         self.acc = self.state
+        self._pending: list = []
 
     def prefill_member(self, u: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
         """Outputs for the prompt ``u [B, C', P]`` of ``channels`` and its contribution to the future."""
@@ -202,4 +207,17 @@ class EagerConv(_StreamingBase):
         t = self.position
         n = self.max_len - t
         self.acc[:, channels, t:].addcmul_(u.to(self.acc.dtype)[..., None], self.k[channels, :n])
+        self._pending.append((channels, u))
         return self.acc[:, channels, t].to(self.dtype)
+
+    def advance(self) -> None:
+        """Move to the next position."""
+        super().advance()
+        self._pending = []
+
+    def rollback(self) -> None:
+        """Undo the pushes of an unfinished step (subtracts them again: exact up to rounding)."""
+        t, n = self.position, self.max_len - self.position
+        for channels, u in self._pending:
+            self.acc[:, channels, t:].addcmul_(u.to(self.acc.dtype)[..., None], self.k[channels, :n], value=-1)
+        self._pending = []

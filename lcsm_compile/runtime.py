@@ -190,8 +190,6 @@ class StreamProgram:
             for e in self.engines:
                 if hasattr(e, "rollback"):
                     e.rollback()
-                elif hasattr(e, "_load_block"):
-                    e._load_block(e._blk_start)
             for s in self.shorts.values():
                 s.rollback()
             raise

@@ -32,14 +32,14 @@ def _fingerprint(model: torch.nn.Module) -> tuple:
     return tuple((id(t), t._version) for t in list(model.parameters()) + list(model.buffers()))
 
 
-def _lowered(model: Any, example: torch.Tensor, debug_dir: Optional[str] = None):
-    """``pipeline.lower`` cached per model (weakly) and input signature; recomputed when the
-    model's weights change."""
+def _lowered(model: Any, example: torch.Tensor, debug_dir: Optional[str] = None, max_len: Optional[int] = None):
+    """``pipeline.lower`` cached per model (weakly), input signature and ``max_len``;
+    recomputed when the model's weights change."""
     from .capture import unwrap_model
     from .pipeline import lower
 
     mod = unwrap_model(model)
-    key = (example.dtype, example.device, example.dim(), tuple(example.shape[2:]))
+    key = (example.dtype, example.device, example.dim(), tuple(example.shape[2:]), max_len)
     fp = _fingerprint(mod) if isinstance(mod, torch.nn.Module) else None
     try:
         cache = _LOWERED.setdefault(mod, {})
@@ -48,7 +48,7 @@ def _lowered(model: Any, example: torch.Tensor, debug_dir: Optional[str] = None)
     hit = cache.get(key)
     if hit is not None and hit[0] == fp and debug_dir is None:
         return hit[1]
-    low = lower(mod, example, debug_dir=debug_dir)
+    low = lower(mod, example, debug_dir=debug_dir, max_len=max_len)
     cache[key] = (fp, low)
     return low
 
@@ -202,7 +202,7 @@ def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, 
     from .runtime import build_program
 
     ex = example if example.shape[1] >= 2 else example.repeat(*([1, 2] + [1] * (example.dim() - 2)))
-    low = _lowered(model_or_compiled, ex, opts["debug_dir"])
+    low = _lowered(model_or_compiled, ex, opts["debug_dir"], int(max_len))
     if not low.streamable:
         raise _refuse(low)
     if low.valid_range[1] is not None and max_len > low.valid_range[1]:

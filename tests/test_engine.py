@@ -218,3 +218,18 @@ def test_cost_model_plan_is_valid():
     assert plan.fft_from >= 1
     assert any(k.startswith("fft[") for k in plan.measured)
     assert any(k.startswith("block[") for k in plan.measured)
+
+
+def test_rollback_of_half_done_step():
+    """A group member's diag() followed by an error: rollback() restores the state exactly."""
+    L, C = 40, 4
+    u = torch.randn(1, C, L, dtype=torch.float64)
+    k = torch.randn(C, L, dtype=torch.float64)
+    eng = OnlineConv(k, max_len=L, block=8, fft_from=4)
+    eng.prefill(u[..., :3])
+    for t in range(3, 13):
+        eng.step(u[..., t])
+    eng.diag(torch.randn(1, 2, dtype=torch.float64), slice(0, 2))  # first member ran, then a failure
+    eng.rollback()
+    ys = [eng.step(u[..., t]) for t in range(13, L)]
+    assert_close(torch.stack(ys, -1), golden(u, k)[..., 13:], torch.float64)
