@@ -66,7 +66,10 @@ class _Emitter:
             for p in parts[1:]:
                 acc = self.g.call_function(op, (acc, p))
             return acc
-        raise NotImplementedError(f"cannot emit size {e}")
+        from ..errors import UnsupportedModelError
+
+        raise UnsupportedModelError(f"the rewrite cannot express the size {e} of a matched region "
+                                    f"in terms of the input's batch and length", op="rewrite")
 
 
 def _canon(g, em: _Emitter, x: fx.Node, tdim: int, ndim: int, bnode: Any, Lnode: Any) -> fx.Node:
