@@ -47,7 +47,7 @@ def clear_cache() -> None:
     _cache.clear()
 
 
-def _median_time(fn, reps: int = 9) -> float:
+def _robust_time(fn, reps: int = 9) -> float:
     """Robust time of ``fn``: the mean of the fastest third of ``reps`` runs (other processes
     only ever add time, so the fast runs are the ones that measure the primitive)."""
     fn()
@@ -90,11 +90,11 @@ def choose_plan(batch: int, channels: int, dtype: torch.dtype, device: torch.dev
         a = rnd(B, C, U)
         acc = torch.zeros(B, C, 2 * U, dtype=dtype, device=device)
         spec = torch.fft.rfft(rnd(C, 2 * U), n=2 * U)
-        fft_t[U] = _median_time(lambda: fft_tile(a, spec, acc[..., U:], U))
+        fft_t[U] = _robust_time(lambda: fft_tile(a, spec, acc[..., U:], U))
         measured[f"fft[{U}]"] = fft_t[U]
         if C * U * U * itemsize <= DIRECT_MAX_BYTES:
             T = rnd(C, U, U)
-            direct_t[U] = _median_time(lambda: direct_tile(a, T, acc[..., U:], U))
+            direct_t[U] = _robust_time(lambda: direct_tile(a, T, acc[..., U:], U))
             measured[f"direct[{U}]"] = direct_t[U]
 
     # fft_from: the smallest measured level from which FFT is not slower than direct.
@@ -121,7 +121,7 @@ def choose_plan(batch: int, channels: int, dtype: torch.dtype, device: torch.dev
             break
         n = max(1, (blk + 1) // 2)
         # the step's push into the rest of its block: blk_acc[r:] += u * k[:blk-r], mean size
-        red = _median_time(lambda: acc_blk[:n].addcmul_(u_row, kr[:n]))
+        red = _robust_time(lambda: acc_blk[:n].addcmul_(u_row, kr[:n]))
         small = sum(tile_cost(U) / (2 * U) for U in _DIRECT_LEVELS if blk <= U < max(_BLOCKS))
         cost = red + small
         measured[f"block[{blk}]"] = cost

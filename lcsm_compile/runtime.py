@@ -188,8 +188,7 @@ class StreamProgram:
             outs = self.step_fn(x_t, pos)
         except BaseException:
             for e in self.engines:
-                if hasattr(e, "rollback"):
-                    e.rollback()
+                e.rollback()
             for s in self.shorts.values():
                 s.rollback()
             raise

@@ -28,12 +28,18 @@ def test_readme_quick_start_has_two_commands():
 
 
 def test_readme_python_examples_run():
-    for block in re.findall(r"```python\n(.*?)```", README, re.S):
-        exec(compile(block, "README.md", "exec"), {})
+    blocks = re.findall(r"```python\n(.*?)```", README, re.S)
+    assert len(blocks) >= 2  # the usage example and the engine example
+    for block in blocks:
+        exec(compile(block, "README.md", "exec"), {})  # raises if an example is broken
 
 
 def test_docs_python_examples_run():
     for name in ("streaming.md",):
         text = (ROOT / "docs" / name).read_text()
-        for block in re.findall(r"```python\n(.*?)```", text, re.S):
-            exec(compile(block, name, "exec"), {})
+        blocks = re.findall(r"```python\n(.*?)```", text, re.S)
+        assert blocks, f"docs/{name} lost its example"
+        for block in blocks:
+            env = {}
+            exec(compile(block, name, "exec"), env)  # raises if the example is broken
+            assert env["ids"].shape == (2, 132) and env["logits"].shape == (2, 32, 256)

@@ -28,7 +28,7 @@ import torch
 import torch.fx as fx
 
 from ..errors import UnsupportedModelError
-from .graph_utils import LONG_CONV, SHORT_CONV, is_tensor_node, node_val, subgraph_module
+from .graph_utils import LONG_CONV, is_tensor_node, subgraph_module
 
 __all__ = ["Folded", "fold_filters", "frontier"]
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Iterable, List, Sequence
+from typing import List, Sequence
 
 import torch
 import torch.fx as fx
@@ -17,11 +17,6 @@ def is_tensor_node(n: fx.Node) -> bool:
     """The node's value (``meta['val']``) is a tensor (not a SymInt, not a tuple)."""
     v = n.meta.get("val", n.meta.get("example_value"))
     return isinstance(v, torch.Tensor)
-
-
-def node_val(n: fx.Node):
-    """The fake value recorded on the node, or None."""
-    return n.meta.get("val", n.meta.get("example_value"))
 
 
 def subgraph_module(gm: fx.GraphModule, outputs: Sequence[fx.Node]) -> fx.GraphModule:
@@ -42,8 +37,3 @@ def nodes_of(gm: fx.GraphModule, target) -> List[fx.Node]:
     """The call_function nodes of ``gm`` with this target, in graph order."""
     return [n for n in gm.graph.nodes if n.op == "call_function" and n.target == target]
 
-
-def users_outside(n: fx.Node, inside: Iterable[fx.Node]) -> List[fx.Node]:
-    """Users of ``n`` that are not in ``inside``."""
-    s = set(inside)
-    return [u for u in n.users if u not in s]
