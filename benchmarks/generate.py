@@ -65,6 +65,10 @@ def sampled_average(cost_at, L, points):
     return total / (pts[-1] - pts[0])
 
 
+def _ms(seconds: float) -> str:
+    return "-" if seconds != seconds else f"{seconds * 1e3:.1f}"
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--min-log2", type=int, default=11)
@@ -76,6 +80,9 @@ def main() -> None:
     ap.add_argument("--steps-per-sample", type=int, default=3)
     ap.add_argument("--compile", action="store_true", help="also time compile_step=True")
     ap.add_argument("--inductor", action="store_true", help="also time recompute with Inductor")
+    ap.add_argument("--recompute-max-log2", type=int, default=None,
+                    help="time recompute only up to L = 2^N (it is O(L) per token and never the best "
+                         "baseline; large batches make it take hours); larger L show '-'")
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script")
     ap.add_argument("--out", default="generate")
@@ -158,7 +165,9 @@ def main() -> None:
                     cache[t] = median_time(lambda: fn(ids[:, : t + 1]), reps=2, warmup=1)
             return cache[t]
 
-        return {L: sampled_average(cost, L, [L * i / (args.samples - 1) for i in range(args.samples)])
+        limit = 1 << args.recompute_max_log2 if args.recompute_max_log2 else Lmax
+        return {L: (sampled_average(cost, L, [L * i / (args.samples - 1) for i in range(args.samples)])
+                    if L <= limit else float("nan"))
                 for L in tqdm(Ls, desc=name, leave=False)}
 
     res["recompute_eager"] = recompute(model, "recompute eager")
@@ -177,7 +186,7 @@ def main() -> None:
     lines = ["| " + " | ".join(hdr) + " |", "|" + "---:|" * len(hdr)]
     rows = []
     for L in Ls:
-        best = min(res[b][L] for b in baselines)
+        best = min(res[b][L] for b in baselines if res[b][L] == res[b][L])  # NaN: not run
         row = {"L": L, **{k: v[L] for k, v in res.items()}, "speedup_vs_best": best / res[ours][L],
                "ours_over_floor": res[ours][L] / floor}
         rows.append(row)
@@ -185,9 +194,9 @@ def main() -> None:
         if compiled:
             cells.append(f"{res['online_compiled'][L] * 1e3:.3f}")
         cells += [f"{floor * 1e3:.3f}", f"{row['ours_over_floor']:.2f}x", f"{res['mixer_online'][L] * 1e3:.3f}",
-                  f"{res['lazy'][L] * 1e3:.2f}", f"{res['eager'][L] * 1e3:.2f}", f"{res['recompute_eager'][L] * 1e3:.1f}"]
+                  f"{res['lazy'][L] * 1e3:.2f}", f"{res['eager'][L] * 1e3:.2f}", _ms(res['recompute_eager'][L])]
         if args.inductor:
-            cells.append(f"{res['recompute_inductor'][L] * 1e3:.1f}")
+            cells.append(_ms(res['recompute_inductor'][L]))
         cells.append(f"{row['speedup_vs_best']:.1f}x")
         lines.append("| " + " | ".join(cells) + " |")
     table = (f"Per-step time in ms (one step = one token for each of the {args.batch} sequences), averaged over "
@@ -195,6 +204,8 @@ def main() -> None:
              f"HyenaLM {args.layers} layers, d={args.d_model}).\n\n" + "\n".join(lines))
     table += ("\n\n`*` sampled: per-token time measured at evenly spaced context lengths and integrated "
               "(trapezoid). `ours` = " + ours + ".")
+    if args.recompute_max_log2:
+        table += f" `-`: recompute not run above L = 2^{args.recompute_max_log2} (--recompute-max-log2)."
     if windows["2k-4k"] and windows["8k-16k"]:
         g = windows["8k-16k"] / windows["2k-4k"]
         table += (f"\n\nPer-step growth (median online step, context 8k-16k vs 2k-4k): {g:.2f}x "
@@ -203,6 +214,8 @@ def main() -> None:
         g = None
     slope = loglog_slope(Ls, [res["online"][L] * L for L in Ls]) if len(Ls) > 1 else None
     table += f"\n\nLog-log slope of total online generation time vs L: {slope:.2f}." if slope else ""
+    table += (f"\n\nLongest single online step: {max(on) * 1e3:.1f} ms at position {P + on.index(max(on))} "
+              f"(the largest tile of the run); median step {statistics.median(on) * 1e3:.3f} ms.")
     table += f"\n\nSession setup (capture, analysis, filter folding, plan): {setup:.1f} s."
     if compiled:
         table += f" With compile_step=True: {compiled['setup_s']:.1f} s (Inductor)."

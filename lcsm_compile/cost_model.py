@@ -4,8 +4,8 @@ For a group of ``C`` channels and batch ``B`` the engine must choose
 
 * ``block``: the size of the aligned blocks whose pairs a step computes directly (a dot
   product over the block so far) instead of through small tiles, and
-* ``fft_from``: the smallest tile size computed by FFT (smaller tiles use the direct,
-  batched Toeplitz product).
+* ``fft_from``: the smallest tile size computed by FFT (smaller tiles use the direct
+  product: the native CPU kernel where it builds, else the batched Toeplitz product).
 
 Both are chosen by timing the primitives at the group's real shape (median of a few runs)
 and minimizing the predicted amortized time per step. Results are cached per
@@ -26,6 +26,7 @@ __all__ = ["Plan", "choose_plan", "clear_cache", "DIRECT_MAX_BYTES"]
 DIRECT_MAX_BYTES = 64 * 2**20
 _BLOCKS = (1, 2, 4, 8, 16, 32, 64)
 _DIRECT_LEVELS = (1, 2, 4, 8, 16, 32, 64, 128)
+_NATIVE_DIRECT_LEVELS = _DIRECT_LEVELS + (256, 512)
 _cache: dict[tuple, "Plan"] = {}
 
 
@@ -62,16 +63,23 @@ def _robust_time(fn, reps: int = 9) -> float:
 
 
 def choose_plan(batch: int, channels: int, dtype: torch.dtype, device: torch.device,
-                max_tile: int) -> Plan:
+                max_tile: int, native: bool = False) -> Plan:
     """Measure the primitives at ``[batch, channels]`` and pick ``block`` and ``fft_from``.
 
     Args:
         max_tile: the largest tile size the group can use (no need to time beyond it).
+        native: time the native CPU kernels (:mod:`lcsm_compile.codegen.red_cells`) for the
+            red cells, the block transposes and the direct tiles, as the engine will run them.
     """
     device = torch.device(device)
-    key = (batch, channels, dtype, device.type, max(1, max_tile).bit_length())
+    nk = None
+    if native:
+        from .codegen.red_cells import kernels_for
+        nk, _ = kernels_for(dtype, device)
+    key = (batch, channels, dtype, device.type, max(1, max_tile).bit_length(), nk is not None)
     if key in _cache:
         return _cache[key]
+    from .codegen import red_cells
     from .engine import direct_tile, fft_tile  # the real primitives, timed as they run
 
     B, C = batch, channels
@@ -84,7 +92,7 @@ def choose_plan(batch: int, channels: int, dtype: torch.dtype, device: torch.dev
 
     direct_t: dict[int, float] = {}
     fft_t: dict[int, float] = {}
-    for U in _DIRECT_LEVELS:
+    for U in (_NATIVE_DIRECT_LEVELS if nk is not None else _DIRECT_LEVELS):
         if U > max(1, max_tile):
             break
         a = rnd(B, C, U)
@@ -92,7 +100,12 @@ def choose_plan(batch: int, channels: int, dtype: torch.dtype, device: torch.dev
         spec = torch.fft.rfft(rnd(C, 2 * U), n=2 * U)
         fft_t[U] = _robust_time(lambda: fft_tile(a, spec, acc[..., U:], U))
         measured[f"fft[{U}]"] = fft_t[U]
-        if C * U * U * itemsize <= DIRECT_MAX_BYTES:
+        if nk is not None:  # the native direct tile reads k and the time-last state directly
+            hist, kk = rnd(B, C, 2 * U), rnd(C, 2 * U)
+            direct_t[U] = _robust_time(lambda: nk.direct_tile(hist.data_ptr(), acc.data_ptr(), kk.data_ptr(), 0, U, U,
+                                                              U, B, C, 2 * U, 2 * U))
+            measured[f"direct[{U}]"] = direct_t[U]
+        elif C * U * U * itemsize <= DIRECT_MAX_BYTES:
             T = rnd(C, U, U)
             direct_t[U] = _robust_time(lambda: direct_tile(a, T, acc[..., U:], U))
             measured[f"direct[{U}]"] = direct_t[U]
@@ -111,19 +124,32 @@ def choose_plan(batch: int, channels: int, dtype: torch.dtype, device: torch.dev
             return direct_t[U]
         return fft_t.get(U, fft_t[max(fft_t)] * (U / max(fft_t)) if fft_t else 0.0)
 
-    # block: minimize (mean red-cell dot product) + sum over small levels of tile/(2U).
-    acc_blk = torch.zeros(max(_BLOCKS), B, C, dtype=dtype, device=device)
-    u_row = rnd(B, C)
-    kr = rnd(max(_BLOCKS), 1, C)
+    # block: minimize (mean red-cell step) + (block load + flush) / block
+    #        + sum over the small levels it replaces of tile / (2U).
+    nb = max(_BLOCKS)
+    blk_hist = torch.zeros(nb, B, C, dtype=dtype, device=device)
+    blk_acc = torch.zeros(nb, B, C, dtype=dtype, device=device)
+    u_row, y_row = rnd(B, C), torch.empty(B, C, dtype=dtype, device=device)
+    kr = rnd(nb, 1, C)
+    state = torch.zeros(B, C, 4 * nb, dtype=dtype, device=device)
+    stage = torch.empty(B, C, nb, dtype=dtype, device=device)
     best = None
     for blk in _BLOCKS:
         if blk > max(1, max_tile) * 2 and blk > 1:
             break
-        n = max(1, (blk + 1) // 2)
-        # the step's push into the rest of its block: blk_acc[r:] += u * k[:blk-r], mean size
-        red = _robust_time(lambda: acc_blk[:n].addcmul_(u_row, kr[:n]))
+        r = blk - max(1, (blk + 1) // 2)  # the step's push into the rest of its block: mean size
+        if nk is not None:
+            params = red_cells.red_step_params(blk_hist[:blk], blk_acc[:blk], kr[:blk], 0, C)
+            red = _robust_time(lambda: nk.red_step(params.data_ptr(), u_row.data_ptr(), y_row.data_ptr(), r))
+            trans = _robust_time(lambda: (nk.load_block(state.data_ptr(), blk_acc.data_ptr(), nb, blk, B, C, 4 * nb),
+                                          nk.flush_block(blk_hist.data_ptr(), state.data_ptr(), nb, blk, B, C, 4 * nb)))
+        else:
+            red = _robust_time(lambda: red_cells.red_step_reference(u_row, blk_hist[r], blk_acc[r:blk], kr[:blk - r],
+                                                                    blk_acc[r]))
+            trans = _robust_time(lambda: (red_cells.load_block_reference(state, blk_acc, stage, nb, blk),
+                                          red_cells.flush_block_reference(blk_hist, state, stage, nb, blk)))
         small = sum(tile_cost(U) / (2 * U) for U in _DIRECT_LEVELS if blk <= U < max(_BLOCKS))
-        cost = red + small
+        cost = red + trans / blk + small
         measured[f"block[{blk}]"] = cost
         if best is None or cost < best[0]:
             best = (cost, blk)

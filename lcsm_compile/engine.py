@@ -40,11 +40,18 @@ from typing import Optional
 import torch
 
 from . import schedule
+from .codegen import red_cells
+from .codegen.native import advise_huge_pages
 from .cost_model import DIRECT_MAX_BYTES, Plan, choose_plan
 from .errors import SessionError
 from .reference import compute_dtype
 
 __all__ = ["OnlineConv", "direct_tile", "fft_tile"]
+
+# FFT tiles run in channel chunks of about this many bytes of transform buffers: ~4x the L2
+# of this CPU, measured best of 0.5-16 MiB at C = 1024, L = 2^16 (2.6-3x faster than one
+# batched transform at U >= 4096).
+_FFT_CHUNK_BYTES = 4 << 20
 
 
 def direct_tile(a: torch.Tensor, toeplitz: torch.Tensor, out: torch.Tensor, U: int) -> None:
@@ -70,13 +77,44 @@ def fft_tile(a: torch.Tensor, spectrum: torch.Tensor, out: torch.Tensor, U: int)
     """
     n = out.shape[-1]
     B, C = a.shape[0], a.shape[1]
-    # Large tiles run in channel chunks whose transforms fit in cache (~2 MiB working set):
-    # measured 2.6-3x faster than one batched transform for U >= 4096 at C = 1024 on the CPU.
-    chunk = max(1, (2 << 20) // (B * 2 * U * 8))
+    chunk = max(1, _FFT_CHUNK_BYTES // (B * 2 * U * 8))
     for c0 in range(0, C, chunk):
         c1 = min(C, c0 + chunk)
-        y = torch.fft.irfft(torch.fft.rfft(a[:, c0:c1], n=2 * U) * spectrum[c0:c1], n=2 * U)
+        y = torch.fft.irfft(torch.fft.rfft(a[:, c0:c1], n=2 * U).mul_(spectrum[c0:c1]), n=2 * U)
         out[:, c0:c1] += y[..., U:U + n]
+
+
+def _zeros_huge(*shape, dtype, device) -> torch.Tensor:
+    """``torch.zeros`` whose memory is hinted to transparent huge pages before the first write
+    (the large time-last state; see :func:`lcsm_compile.codegen.native.advise_huge_pages`)."""
+    t = torch.empty(*shape, dtype=dtype, device=device)
+    advise_huge_pages(t)
+    return t.zero_()
+
+
+class _FusedMember:
+    """Per-member state of the fused red-cell step: the kernel's packed fixed arguments, and
+    the outputs of the current block, allocated once per block (``[block, B, C']``) and handed
+    out row by row. Each block (and each restart after a rollback, reset or state load) gets
+    new memory, so a returned output is never written again."""
+
+    __slots__ = ("params", "params_ptr", "shape", "dtype", "start", "gen", "rows", "base", "row_bytes")
+
+    def __init__(self, eng: "OnlineConv", c0: int, n: int):
+        self.params = red_cells.red_step_params(eng.blk_hist, eng.blk_acc, eng._kb, c0, n)
+        self.params_ptr = self.params.data_ptr()
+        self.shape = (eng.block, eng.batch_size, n)
+        self.dtype = eng.dtype
+        self.start = self.gen = -1
+        self.rows: tuple = ()
+        self.base = self.row_bytes = 0
+
+    def renew(self, start: int, gen: int) -> None:
+        buf = torch.empty(self.shape, dtype=self.dtype)
+        self.rows = buf.unbind(0)
+        self.base = buf.data_ptr()
+        self.row_bytes = self.shape[1] * self.shape[2] * buf.element_size()
+        self.start, self.gen = start, gen
 
 
 class OnlineConv:
@@ -90,11 +128,15 @@ class OnlineConv:
             fp32 and cast back.
         block: red-cell block size (power of two); None lets the cost model choose.
         fft_from: smallest tile size computed by FFT; None lets the cost model choose.
+        kernels: ``"auto"`` runs the per-step red cells and the per-block transposes with the
+            fused native CPU kernels of :mod:`lcsm_compile.codegen.red_cells` where they build
+            (fp32/fp64 on the CPU), else with torch ops; ``"torch"`` always uses torch ops.
+            ``kernel_note`` says which path runs and why.
     """
 
     def __init__(self, k: torch.Tensor, max_len: int, batch_size: int = 1,
                  dtype: Optional[torch.dtype] = None, block: Optional[int] = None,
-                 fft_from: Optional[int] = None):
+                 fft_from: Optional[int] = None, kernels: str = "auto"):
         if not isinstance(k, torch.Tensor) or k.dim() != 2:
             raise SessionError(f"filters must be a [C, K] tensor, got {getattr(k, 'shape', type(k))}")
         if k.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
@@ -106,14 +148,24 @@ class OnlineConv:
         self.dtype = dtype or k.dtype
         self.device = k.device
         self.cdtype = compute_dtype(self.dtype if self.dtype == torch.float64 else k.dtype)
+        if kernels not in ("auto", "torch"):
+            raise SessionError(f"kernels must be 'auto' or 'torch' for the engine, got {kernels!r}")
+        self._nk, why = (red_cells.kernels_for(self.cdtype, self.device) if kernels == "auto"
+                         else (None, "kernels='torch'"))
+        # fused steps need the input already in the compute dtype (fp32/fp64 models)
+        self._fused_step = self._nk is not None and self.dtype == self.cdtype
+        self.kernel_note = ("native CPU kernels (red cells, block transposes)" if self._fused_step else
+                            "native block transposes; torch red cells (input dtype differs from compute dtype)"
+                            if self._nk is not None else f"torch ops ({why})")
         C, K = k.shape
         self.channels = C
-        kk = torch.zeros(C, self.max_len, dtype=self.cdtype, device=k.device)
+        kk = _zeros_huge(C, self.max_len, dtype=self.cdtype, device=k.device)
         m = min(K, self.max_len)
         kk[:, :m] = k[:, :m].to(self.cdtype)
         self.k = kk
         if block is None or fft_from is None:
-            plan = choose_plan(self.batch_size, C, self.cdtype, self.device, self.max_len // 2)
+            plan = choose_plan(self.batch_size, C, self.cdtype, self.device, self.max_len // 2,
+                               native=self._nk is not None)
             block = plan.block if block is None else block
             fft_from = plan.fft_from if fft_from is None else fft_from
         schedule._check_block(int(block))
@@ -127,8 +179,8 @@ class OnlineConv:
         self._level_data: dict[int, tuple[str, torch.Tensor]] = {}
         for U in schedule.levels(self.max_len, 0, self.block):
             self._level_data[U] = self._make_level(U)
-        self.hist = torch.zeros(self.batch_size, C, self.max_len, dtype=self.cdtype, device=self.device)
-        self.acc = torch.zeros_like(self.hist)
+        self.hist = _zeros_huge(self.batch_size, C, self.max_len, dtype=self.cdtype, device=self.device)
+        self.acc = _zeros_huge(self.batch_size, C, self.max_len, dtype=self.cdtype, device=self.device)
         self.blk_hist = torch.zeros(self.block, self.batch_size, C, dtype=self.cdtype, device=self.device)
         self.blk_acc = torch.zeros_like(self.blk_hist)
         # staging buffer for the block <-> state transposes: a transposing copy straight between
@@ -138,10 +190,15 @@ class OnlineConv:
         self.prefill_len = 0
         self._blk_start = 0  # first position of the block held in blk_*
         self._views: dict = {}
+        self._push_params = None
+        self._gen = 0  # bumped whenever positions may be computed again (fused outputs renewed)
 
     # ------------------------------------------------------------------ setup
-    def _make_level(self, U: int) -> tuple[str, torch.Tensor]:
-        """Precompute one tile level: a Toeplitz block (direct) or a filter spectrum (FFT)."""
+    def _make_level(self, U: int) -> tuple[str, Optional[torch.Tensor]]:
+        """Precompute one tile level: a Toeplitz block (direct), nothing (native direct: reads
+        ``k`` itself) or a filter spectrum (FFT)."""
+        if U < self.fft_from and self._nk is not None:
+            return ("native", None)
         kseg = torch.zeros(self.channels, 2 * U, dtype=self.cdtype, device=self.device)
         n = min(2 * U, self.max_len)
         kseg[:, :n] = self.k[:, :n]
@@ -160,12 +217,19 @@ class OnlineConv:
         self._blk_start = start
         n = min(self.block, self.max_len - start)
         if n > 0:
-            self._stage[..., :n].copy_(self.acc[..., start:start + n])  # row-wise gather
-            for b in range(self.batch_size):                            # 2-D transposes in cache
-                self.blk_acc[:n, b].copy_(self._stage[b, :, :n].t())
+            if self._nk is not None:
+                self._nk.load_block(self.acc.data_ptr(), self.blk_acc.data_ptr(), start, n,
+                                    self.batch_size, self.channels, self.max_len)
+            else:
+                red_cells.load_block_reference(self.acc, self.blk_acc, self._stage, start, n)
         done = max(0, self.position - start)
         if done:  # only after load_state_dict / a rollback: inputs of this block already seen
             self.blk_hist[:done] = self.hist[..., start:start + done].permute(2, 0, 1)
+        if done and self._fused_step:  # the fused steps' arithmetic: bitwise the same state
+            if self._push_params is None:
+                self._push_params = red_cells.red_step_params(self.blk_hist, self.blk_acc, self._kb, 0, self.channels)
+            self._nk.push_rows(self._push_params.data_ptr(), done)
+            return
         for r in range(done):
             self.blk_acc[r:].addcmul_(self.blk_hist[r], self._kb[: self.block - r])
 
@@ -174,9 +238,11 @@ class OnlineConv:
         b0 = self._blk_start
         m = upto - b0
         if m > 0:
-            for b in range(self.batch_size):
-                self._stage[b, :, :m].copy_(self.blk_hist[:m, b].t())
-            self.hist[..., b0:upto].copy_(self._stage[..., :m])
+            if self._nk is not None:
+                self._nk.flush_block(self.blk_hist.data_ptr(), self.hist.data_ptr(), b0, m,
+                                     self.batch_size, self.channels, self.max_len)
+            else:
+                red_cells.flush_block_reference(self.blk_hist, self.hist, self._stage, b0, m)
 
     # ------------------------------------------------------------------ checks
     def _check_input(self, u: torch.Tensor, C: int, what: str) -> None:
@@ -200,6 +266,7 @@ class OnlineConv:
         self.position = 0
         self.prefill_len = 0
         self._blk_start = 0
+        self._gen += 1
 
     def prefill(self, u: torch.Tensor) -> torch.Tensor:
         """Consume ``P`` prompt positions ``u [B, C, P]`` at position 0; return ``y [B, C, P]``.
@@ -256,7 +323,8 @@ class OnlineConv:
                      [self.blk_hist[r, :, sl] for r in range(self.block)],
                      [self.blk_acc[r:, :, sl] for r in range(self.block)],
                      [self._kb[: self.block - r, :, sl] for r in range(self.block)],
-                     [self.blk_acc[r, :, sl] for r in range(self.block)])
+                     [self.blk_acc[r, :, sl] for r in range(self.block)],
+                     _FusedMember(self, key[0], C) if self._fused_step and key[2] == 1 else None)
             self._views[key] = views
         return views
 
@@ -270,11 +338,20 @@ class OnlineConv:
         t = self.position
         if t >= self.max_len:
             raise SessionError(f"position {t} is past max_len={self.max_len}")
-        C, shape, hist_rows, acc_tails, k_heads, acc_rows = self._member_views(channels)
+        C, shape, hist_rows, acc_tails, k_heads, acc_rows, fused = self._member_views(channels)
         if not isinstance(u, torch.Tensor) or u.shape != shape or u.dtype != self.dtype or u.device != self.device:
             self._check_input(u, C, "step")
             raise SessionError(f"step: input must be [{self.batch_size}, {C}], got {tuple(u.shape)}")
         r = t - self._blk_start
+        if fused is not None:
+            if not u.is_contiguous():
+                u = u.contiguous()
+            if fused.start != self._blk_start or fused.gen != self._gen:
+                fused.renew(self._blk_start, self._gen)
+            self._nk.red_step(fused.params_ptr, u.data_ptr(), fused.base + r * fused.row_bytes, r)
+            return fused.rows[r]
+        if self.dtype == self.cdtype:
+            return red_cells.red_step_reference(u, hist_rows[r], acc_tails[r], k_heads[r], acc_rows[r])
         row = hist_rows[r]
         row.copy_(u)
         acc_tails[r].addcmul_(row, k_heads[r])
@@ -295,7 +372,11 @@ class OnlineConv:
             kind, data = self._level_data[U]
             a = self.hist[..., tile.s0:tile.s1]
             out = self.acc[..., tile.t0:tile.t1]
-            if kind == "direct":
+            if kind == "native":  # t0 == s0 + U: lags 1 .. U + n - 1 < max_len, inside k's rows
+                self._nk.direct_tile(self.hist.data_ptr(), self.acc.data_ptr(), self.k.data_ptr(), tile.s0,
+                                     tile.t0, U, tile.t1 - tile.t0, self.batch_size, self.channels,
+                                     self.max_len, self.max_len)
+            elif kind == "direct":
                 direct_tile(a, data, out, U)
             else:
                 fft_tile(a, data, out, U)
@@ -306,6 +387,7 @@ class OnlineConv:
         through a step of a model): the block's accumulators are rebuilt exactly as they were."""
         self._flush_block(self.position)
         self._load_block(self._blk_start)
+        self._gen += 1
 
     def step(self, u: torch.Tensor) -> torch.Tensor:
         """Consume one position ``u [B, C]`` for all channels; return ``y [B, C]``."""
@@ -334,6 +416,7 @@ class OnlineConv:
         self.hist.copy_(state["hist"])
         self.acc.copy_(state["acc"])
         self.position, self.prefill_len = position, prefill_len
+        self._gen += 1
         self._load_block(schedule.block_start(position, prefill_len, self.block) if position < self.max_len
                          else position)
 
@@ -345,4 +428,5 @@ class OnlineConv:
 
     def __repr__(self) -> str:
         return (f"OnlineConv(channels={self.channels}, max_len={self.max_len}, batch={self.batch_size}, "
-                f"dtype={self.dtype}, block={self.block}, fft_from={self.fft_from}, position={self.position})")
+                f"dtype={self.dtype}, block={self.block}, fft_from={self.fft_from}, position={self.position}, "
+                f"kernels={'native' if self._nk is not None else 'torch'})")

@@ -232,8 +232,13 @@ def group_plan(lowered, batch_size: int = 1) -> GroupPlan:
 
 
 def build_program(lowered, max_len: int, batch_size: int, engine: str = "online",
-                  compile_step: bool = False, engine_options: Optional[dict] = None) -> StreamProgram:
-    """Build the streaming program of a streamable lowered model (module docstring)."""
+                  compile_step: bool = False, engine_options: Optional[dict] = None,
+                  kernels: str = "auto") -> StreamProgram:
+    """Build the streaming program of a streamable lowered model (module docstring).
+
+    ``kernels`` ("auto" | "torch") picks the online engine's per-step kernels: the native CPU
+    kernels of :mod:`lcsm_compile.codegen.red_cells` where they build, or torch ops.
+    """
     gm = lowered.gm
     example = lowered.example
     folded = fold_filters(gm, lowered.analysis, lambda L: _make_input(example, 1, L), max_len,
@@ -245,7 +250,8 @@ def build_program(lowered, max_len: int, batch_size: int, engine: str = "online"
     for group in plan.groups:
         ks = [folded.filters[m] for m in group.members]
         k = torch.cat([kk.reshape(-1, kk.shape[-1]) for kk in ks], 0)
-        eng = cls(k, max_len=max_len, batch_size=group.batch, dtype=group.dtype, **(engine_options or {}))
+        extra = {"kernels": kernels} if cls is OnlineConv else {}
+        eng = cls(k, max_len=max_len, batch_size=group.batch, dtype=group.dtype, **extra, **(engine_options or {}))
         engines.append(eng)
         for m in group.members:
             lead, C, dtype, device = shapes[m]

@@ -186,7 +186,10 @@ def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, 
         options: ``compile_step`` (bool, compile the step program with Inductor),
             ``engine`` ("online" | "lazy" | "eager": the long-conv algorithm; the last two are
             the benchmark baselines), ``engine_options`` (e.g. ``{"block": 16}``),
-            ``debug_dir`` (write each compiler stage's graph there), ``kernels``.
+            ``debug_dir`` (write each compiler stage's graph there), ``kernels`` ("auto": the
+            engine's fused native CPU kernels where a C compiler builds them, else torch ops;
+            "torch": torch ops only; "triton" is reserved for GPU kernels and not available
+            in this version).
     Raises:
         UnsupportedModelError: the model cannot be streamed exactly; names the op, its source
             line and the reason.
@@ -199,6 +202,9 @@ def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, 
         raise SessionError("example must be a [B, L] or [B, L, Din] tensor")
     if max_len is None or int(max_len) < 1:
         raise SessionError(f"max_len must be >= 1, got {max_len}")
+    if opts["kernels"] not in ("auto", "torch"):
+        raise SessionError(f"kernels={opts['kernels']!r} is not available: this version has 'auto' (native CPU "
+                           f"kernels where they build, else torch) and 'torch'")
     from .runtime import build_program
 
     ex = example if example.shape[1] >= 2 else example.repeat(*([1, 2] + [1] * (example.dim() - 2)))
@@ -208,5 +214,6 @@ def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, 
     if low.valid_range[1] is not None and max_len > low.valid_range[1]:
         raise SessionError(f"max_len={max_len} is longer than the model supports ({low.valid_range[1]} positions)")
     prog = build_program(low, int(max_len), example.shape[0], engine=opts["engine"],
-                         compile_step=bool(opts["compile_step"]), engine_options=opts["engine_options"])
+                         compile_step=bool(opts["compile_step"]), engine_options=opts["engine_options"],
+                         kernels=opts["kernels"])
     return Session(prog, example)

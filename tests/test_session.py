@@ -219,3 +219,20 @@ def test_compiled_step_program_is_exact():
     got = teacher_force(sess, x, 6)
     for g, r in zip(got, ref):
         assert rel(g, r) <= 1e-4
+
+
+@pytest.mark.parametrize("kernels", ["auto", "torch"])
+def test_kernels_option(kernels):
+    """Both kernel paths of the engine stream exactly; unknown kernel names are refused."""
+    e = zoo.get("safari_hyena_o2")
+    model = e.build()
+    x = e.make_input(2, 40)
+    with torch.no_grad():
+        ref = tensors(model(x))
+    sess = lcsm_compile.session(model, x[:, :5], max_len=48, kernels=kernels, engine_options={"block": 4, "fft_from": 8})
+    if kernels == "torch":
+        assert all(eng._nk is None for eng in sess.program.engines)
+    for g, r in zip(teacher_force(sess, x, 5), ref):
+        assert rel(g, r) <= 1e-4
+    with pytest.raises(SessionError, match="kernels='triton' is not available"):
+        lcsm_compile.session(model, x[:, :5], max_len=48, kernels="triton")
