@@ -49,7 +49,7 @@ def median_time(fn, reps: int = 5, warmup: int = 1) -> float:
 
 
 def min_time(fn, reps: int = 5) -> float:
-    """Fastest of ``reps`` runs: for peak rates (interference only ever adds time)."""
+    """Fastest of ``reps`` runs after one warm-up (interference only ever adds time)."""
     fn()
     best = float("inf")
     for _ in range(reps):

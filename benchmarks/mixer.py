@@ -13,6 +13,11 @@ integrated over all steps with the trapezoid rule (marked "sampled" in the table
 floor is the FLOP count of the engine's tiling at the machine's measured peak rates (FFT
 throughput for FFT tiles, GEMM throughput for the rest).
 
+Statistic: every timing (online runs, baseline steps, peak rates) is the best of its
+repetitions. The machine is shared, and other load only ever adds time; the same statistic
+everywhere keeps the ratios fair. The peak rates are measured before and after the sizes
+and the higher is used, so the floor is never inflated by a slow spell.
+
 Run: ``python benchmarks/mixer.py`` (full) or ``--quick`` (small sizes, a smoke test).
 Writes ``benchmarks/results/mixer.json`` and ``mixer.md``.
 """
@@ -32,7 +37,7 @@ from tqdm import tqdm
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _util import loglog_slope, median_time, min_time, write_results  # noqa: E402
+from _util import loglog_slope, min_time, write_results  # noqa: E402
 
 from lcsm_compile import OnlineConv, schedule  # noqa: E402
 from lcsm_compile.reference import EagerConv, LazyConv  # noqa: E402
@@ -63,7 +68,7 @@ def time_online(C: int, L: int, reps: int) -> tuple[float, OnlineConv]:
         for t in range(L):
             eng.step(u[t])
 
-    return median_time(run, reps=reps, warmup=0 if L >= 1 << 14 else 1), eng
+    return min_time(run, reps=reps), eng
 
 
 def profile_online(eng: OnlineConv) -> dict:
@@ -96,14 +101,14 @@ def time_baseline(cls, C: int, L: int, full_max: int, samples: int) -> tuple[flo
             eng.position = 0
             for _ in range(L):
                 eng.step(u)
-        return median_time(run, reps=3, warmup=1), False
+        return min_time(run, reps=3), False
     pts = sorted({int(round(x)) for x in torch.linspace(0, L - 1, samples).tolist()})
     per = []
     for t in pts:
         def one():
             eng.position = t
             eng.step(u)
-        per.append(median_time(one, reps=3, warmup=1))
+        per.append(min_time(one, reps=3))
     total = 0.0
     for (t0, a), (t1, b) in zip(zip(pts, per), zip(pts[1:], per[1:])):
         total += (a + b) / 2 * (t1 - t0)
@@ -131,7 +136,7 @@ def main() -> None:
     torch.manual_seed(0)
     rows = []
     sizes = [(C, 1 << e) for C in args.channels for e in range(args.min_log2, args.max_log2 + 1)]
-    peaks = {C: peak_rates(C) for C in args.channels}
+    peaks = {C: peak_rates(C) for C in args.channels}  # again after the sizes; the higher is kept
     for C, L in tqdm(sizes, desc="mixer benchmark", unit="config"):
         t_on, eng = time_online(C, L, args.reps)
         t_lazy, s_lazy = time_baseline(LazyConv, C, L, args.full_max, args.samples)
@@ -149,6 +154,14 @@ def main() -> None:
             row["profile"] = profile_online(eng)
         rows.append(row)
         del eng
+    for C in args.channels:
+        again = peak_rates(C)
+        peaks[C] = {k: max(v, again[k]) for k, v in peaks[C].items()}
+    for r in rows:  # the floor from the higher peak rates (a lower floor: never in our favour)
+        fl = schedule.tiling_flops(r["L"], r["C"], r["block"], r["fft_from"])
+        floor = fl["fft"] / peaks[r["C"]]["fft"] + (fl["red"] + fl["direct"]) / peaks[r["C"]]["gemm"]
+        r["floor_us_per_step"] = floor / r["L"] * 1e6
+        r["gap_to_floor"] = r["online_s"] / floor
 
     lines = ["| C | L | online us/step | lazy us/step | eager us/step | speedup vs best | floor us/step | online/floor | block, fft_from |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---|"]

@@ -92,13 +92,26 @@ def _zeros_huge(*shape, dtype, device) -> torch.Tensor:
     return t.zero_()
 
 
+_use_count = getattr(torch._C, "_storage_Use_Count", None)  # internal; without it, never recycle
+
+
+def _storage_uses(t: torch.Tensor) -> int:
+    return _use_count(t.untyped_storage()._cdata)
+
+
 class _FusedMember:
     """Per-member state of the fused red-cell step: the kernel's packed fixed arguments, and
-    the outputs of the current block, allocated once per block (``[block, B, C']``) and handed
-    out row by row. Each block (and each restart after a rollback, reset or state load) gets
-    new memory, so a returned output is never written again."""
+    the outputs of the current block, rows of a ``[block, B, C']`` buffer handed out one per
+    step, each as a new alias (``detach()``) whose tensor holds a reference to the storage. A
+    buffer is written again only when its storage's use count is back to the engine's own
+    references, i.e. no output of it (nor any view of one) is alive anywhere, Python or C++;
+    otherwise the block gets new memory. So an output handed out is never overwritten, and a
+    loop that drops its outputs reuses a few buffers instead of allocating (and page-faulting,
+    ~70 us at C = 1024) one per block."""
 
-    __slots__ = ("params", "params_ptr", "shape", "dtype", "start", "gen", "rows", "base", "row_bytes")
+    __slots__ = ("params", "params_ptr", "shape", "dtype", "start", "gen", "rows", "base", "row_bytes",
+                 "pool", "current")
+    POOL = 3
 
     def __init__(self, eng: "OnlineConv", c0: int, n: int):
         self.params = red_cells.red_step_params(eng.blk_hist, eng.blk_acc, eng._kb, c0, n)
@@ -108,12 +121,27 @@ class _FusedMember:
         self.start = self.gen = -1
         self.rows: tuple = ()
         self.base = self.row_bytes = 0
+        self.pool: list = []  # [buffer, rows, own_uses]
+        self.current = None
 
     def renew(self, start: int, gen: int) -> None:
-        buf = torch.empty(self.shape, dtype=self.dtype)
-        self.rows = buf.unbind(0)
-        self.base = buf.data_ptr()
-        self.row_bytes = self.shape[1] * self.shape[2] * buf.element_size()
+        entry = None
+        if _use_count is not None:
+            for e in self.pool:
+                if e is not self.current and _storage_uses(e[0]) == e[2]:
+                    entry = e
+                    break
+        if entry is None:
+            buf = torch.empty(self.shape, dtype=self.dtype)
+            rows = buf.unbind(0)
+            entry = [buf, rows, _storage_uses(buf) if _use_count is not None else -1]
+            self.pool.append(entry)
+            if len(self.pool) > self.POOL:
+                self.pool.pop(0)
+        self.current = entry
+        self.rows = entry[1]
+        self.base = entry[0].data_ptr()
+        self.row_bytes = self.shape[1] * self.shape[2] * entry[0].element_size()
         self.start, self.gen = start, gen
 
 
@@ -190,7 +218,7 @@ class OnlineConv:
         self.prefill_len = 0
         self._blk_start = 0  # first position of the block held in blk_*
         self._views: dict = {}
-        self._push_params = None
+        self._views_by_obj: dict = {}
         self._gen = 0  # bumped whenever positions may be computed again (fused outputs renewed)
 
     # ------------------------------------------------------------------ setup
@@ -225,10 +253,7 @@ class OnlineConv:
         done = max(0, self.position - start)
         if done:  # only after load_state_dict / a rollback: inputs of this block already seen
             self.blk_hist[:done] = self.hist[..., start:start + done].permute(2, 0, 1)
-        if done and self._fused_step:  # the fused steps' arithmetic: bitwise the same state
-            if self._push_params is None:
-                self._push_params = red_cells.red_step_params(self.blk_hist, self.blk_acc, self._kb, 0, self.channels)
-            self._nk.push_rows(self._push_params.data_ptr(), done)
+        if self._fused_step:  # fused steps pull from blk_hist; blk_acc holds the tiles' part only
             return
         for r in range(done):
             self.blk_acc[r:].addcmul_(self.blk_hist[r], self._kb[: self.block - r])
@@ -317,6 +342,8 @@ class OnlineConv:
         key = channels.indices(self.channels)
         views = self._views.get(key)
         if views is None:
+            if key[2] != 1:
+                raise SessionError(f"channels must be a contiguous slice (step 1), got {channels}")
             sl = slice(*key)
             C = len(range(*key))
             views = (C, (self.batch_size, C),
@@ -324,21 +351,28 @@ class OnlineConv:
                      [self.blk_acc[r:, :, sl] for r in range(self.block)],
                      [self._kb[: self.block - r, :, sl] for r in range(self.block)],
                      [self.blk_acc[r, :, sl] for r in range(self.block)],
-                     _FusedMember(self, key[0], C) if self._fused_step and key[2] == 1 else None)
+                     _FusedMember(self, key[0], C) if self._fused_step else None)
             self._views[key] = views
         return views
 
     def diag(self, u: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
         """Output of the current position for ``channels`` given their input ``u [B, C']``.
 
-        Records ``u`` and pushes it into the rest of the block's accumulators (the red cells,
-        the diagonal included); does not move the position. Call :meth:`advance` once after
-        every member of the group has had its ``diag``.
+        Records ``u`` and adds the red cells (the block's pairs so far, the diagonal included):
+        the torch path pushes ``u`` into the rest of the block's accumulators, the native kernel
+        pulls the same sum from the block's inputs. Does not move the position. Call
+        :meth:`advance` once after every member of the group has had its ``diag``.
         """
         t = self.position
         if t >= self.max_len:
             raise SessionError(f"position {t} is past max_len={self.max_len}")
-        C, shape, hist_rows, acc_tails, k_heads, acc_rows, fused = self._member_views(channels)
+        hit = self._views_by_obj.get(id(channels))  # the same slice object every step: no indexing
+        if hit is not None and hit[0] is channels:
+            views = hit[1]
+        else:
+            views = self._member_views(channels)
+            self._views_by_obj[id(channels)] = (channels, views)  # holds the slice: its id stays unique
+        C, shape, hist_rows, acc_tails, k_heads, acc_rows, fused = views
         if not isinstance(u, torch.Tensor) or u.shape != shape or u.dtype != self.dtype or u.device != self.device:
             self._check_input(u, C, "step")
             raise SessionError(f"step: input must be [{self.batch_size}, {C}], got {tuple(u.shape)}")
@@ -349,7 +383,7 @@ class OnlineConv:
             if fused.start != self._blk_start or fused.gen != self._gen:
                 fused.renew(self._blk_start, self._gen)
             self._nk.red_step(fused.params_ptr, u.data_ptr(), fused.base + r * fused.row_bytes, r)
-            return fused.rows[r]
+            return fused.rows[r].detach()  # a new alias: while it lives, the storage counts it
         if self.dtype == self.cdtype:
             return red_cells.red_step_reference(u, hist_rows[r], acc_tails[r], k_heads[r], acc_rows[r])
         row = hist_rows[r]

@@ -3,10 +3,13 @@
 Three kernels, each with its pure-torch reference (the functions named ``*_reference`` here,
 which :class:`lcsm_compile.OnlineConv` runs when the native kernel is unavailable):
 
-* ``red_step``: one step of one group member, the three torch ops ``hist_row.copy_(u)``,
-  ``blk_acc[r:] += u * kb[:block - r]`` and ``y = blk_acc[r].clone()`` in one call (four
-  arguments: the member's packed fixed arguments, ``u``, ``y`` and ``r``, so that the
-  foreign-call overhead stays small).
+* ``red_step``: one step of one group member in one call: record ``u`` in ``blk_hist[r]`` and
+  return ``y = blk_acc[r] + sum_{s <= r} blk_hist[s] * kb[r - s]``. The torch reference pushes
+  instead (``blk_acc[r:] += u * kb[:block - r]``, then ``y = blk_acc[r]``): the same products
+  summed in the same order, but the pull form only reads ``blk_acc`` (no write-back traffic,
+  the sums stay in registers), so with native steps ``blk_acc`` holds the tiles' contributions
+  alone. Four arguments (the member's packed fixed arguments, ``u``, ``y``, ``r``) keep the
+  foreign-call overhead small.
 * ``load_block``: ``blk[i, b, c] = acc[b, c, start + i]`` (the next block's accumulators,
   time-last -> time-major), cache-tiled.
 * ``flush_block``: ``hist[b, c, start + i] = blk[i, b, c]`` (the block's inputs back to the
@@ -36,43 +39,52 @@ SOURCE = r"""
 #include <stdint.h>
 #include <string.h>
 
+typedef float lcsm_vf32 __attribute__((vector_size(32)));
+typedef double lcsm_vf64 __attribute__((vector_size(32)));
+static inline lcsm_vf32 lcsm_ld_f32(const float* p) { lcsm_vf32 v; memcpy(&v, p, sizeof v); return v; }
+static inline lcsm_vf64 lcsm_ld_f64(const double* p) { lcsm_vf64 v; memcpy(&v, p, sizeof v); return v; }
+static inline void lcsm_add_f32(float* p, lcsm_vf32 v) { lcsm_vf32 o; memcpy(&o, p, sizeof o); o += v; memcpy(p, &o, sizeof o); }
+static inline void lcsm_add_f64(double* p, lcsm_vf64 v) { lcsm_vf64 o; memcpy(&o, p, sizeof o); o += v; memcpy(p, &o, sizeof o); }
+
 #define CT 64  /* channel tile of the transposes: CT rows of the time-last state in flight */
 
-#define DEFINE(T, S)                                                                          \
-/* p = {blk_hist, blk_acc, kb (addresses), block, B, C, c0, n}: fixed per group member */       \
+#define DEFINE(T, S, V)                                                                       \
+/* p = {blk_hist, blk_acc, kb (addresses), block, B, C, c0, n}: fixed per group member.      \
+   Pull form: y = blk_acc[r] + sum_{s <= r} blk_hist[s] * kb[r - s], summed in the order of s  \
+   (the push form's order), in registers; blk_acc (the tiles' contributions) is only read. */ \
 void lcsm_red_step_##S(const int64_t* restrict p, const T* restrict u, T* restrict y,         \
                        int64_t r) {                                                           \
   T* restrict hist = (T*)(intptr_t)p[0];                                                      \
-  T* restrict acc = (T*)(intptr_t)p[1];                                                       \
+  const T* restrict acc = (const T*)(intptr_t)p[1];                                           \
   const T* restrict kb = (const T*)(intptr_t)p[2];                                            \
-  const int64_t block = p[3], B = p[4], C = p[5], c0 = p[6], n = p[7];                        \
+  const int64_t B = p[4], C = p[5], c0 = p[6], n = p[7];                                      \
+  enum { W = (int)(sizeof(V) / sizeof(T)) };                                                  \
   for (int64_t b = 0; b < B; ++b) {                                                           \
-    const T* ub = u + b * n;                                                                  \
-    memcpy(hist + (r * B + b) * C + c0, ub, (size_t)n * sizeof(T));                           \
-    for (int64_t i = r; i < block; ++i) {                                                     \
-      T* restrict a = acc + (i * B + b) * C + c0;                                             \
-      const T* restrict k = kb + (i - r) * C + c0;                                            \
-      for (int64_t c = 0; c < n; ++c) a[c] += ub[c] * k[c];                                   \
-    }                                                                                         \
-    memcpy(y + b * n, acc + (r * B + b) * C + c0, (size_t)n * sizeof(T));                     \
-  }                                                                                           \
-}                                                                                             \
-/* the red cells of rows 0 .. rows-1 again, from the recorded inputs (after a state load or a   \
-   rollback), with the same arithmetic as red_step: bitwise the same accumulators */          \
-void lcsm_push_rows_##S(const int64_t* restrict p, int64_t rows) {                            \
-  const T* restrict hist = (const T*)(intptr_t)p[0];                                          \
-  T* restrict acc = (T*)(intptr_t)p[1];                                                       \
-  const T* restrict kb = (const T*)(intptr_t)p[2];                                            \
-  const int64_t block = p[3], B = p[4], C = p[5], c0 = p[6], n = p[7];                        \
-  for (int64_t r = 0; r < rows; ++r)                                                          \
-    for (int64_t b = 0; b < B; ++b) {                                                         \
-      const T* ub = hist + (r * B + b) * C + c0;                                              \
-      for (int64_t i = r; i < block; ++i) {                                                   \
-        T* restrict a = acc + (i * B + b) * C + c0;                                           \
-        const T* restrict k = kb + (i - r) * C + c0;                                          \
-        for (int64_t c = 0; c < n; ++c) a[c] += ub[c] * k[c];                                 \
+    memcpy(hist + (r * B + b) * C + c0, u + b * n, (size_t)n * sizeof(T));                    \
+    const T* restrict a0 = acc + (r * B + b) * C + c0;                                        \
+    T* restrict yb = y + b * n;                                                               \
+    int64_t c = 0;                                                                            \
+    for (; c + 4 * W <= n; c += 4 * W) {                                                      \
+      V s0 = lcsm_ld_##S(a0 + c), s1 = lcsm_ld_##S(a0 + c + W);                              \
+      V s2 = lcsm_ld_##S(a0 + c + 2 * W), s3 = lcsm_ld_##S(a0 + c + 3 * W);                  \
+      for (int64_t j = 0; j <= r; ++j) {                                                      \
+        const T* h = hist + (j * B + b) * C + c0 + c;                                         \
+        const T* k = kb + (r - j) * C + c0 + c;                                               \
+        s0 += lcsm_ld_##S(h) * lcsm_ld_##S(k);                                                \
+        s1 += lcsm_ld_##S(h + W) * lcsm_ld_##S(k + W);                                        \
+        s2 += lcsm_ld_##S(h + 2 * W) * lcsm_ld_##S(k + 2 * W);                                \
+        s3 += lcsm_ld_##S(h + 3 * W) * lcsm_ld_##S(k + 3 * W);                                \
       }                                                                                       \
+      memcpy(yb + c, &s0, sizeof(V)); memcpy(yb + c + W, &s1, sizeof(V));                     \
+      memcpy(yb + c + 2 * W, &s2, sizeof(V)); memcpy(yb + c + 3 * W, &s3, sizeof(V));         \
     }                                                                                         \
+    for (; c < n; ++c) {                                                                      \
+      T t = a0[c];                                                                            \
+      for (int64_t j = 0; j <= r; ++j)                                                        \
+        t += hist[(j * B + b) * C + c0 + c] * kb[(r - j) * C + c0 + c];                       \
+      yb[c] = t;                                                                              \
+    }                                                                                         \
+  }                                                                                           \
 }                                                                                             \
 void lcsm_load_block_##S(const T* restrict acc, T* restrict blk, int64_t start, int64_t n,    \
                          int64_t B, int64_t C, int64_t L) {                                   \
@@ -82,8 +94,10 @@ void lcsm_load_block_##S(const T* restrict acc, T* restrict blk, int64_t start, 
       int64_t c1 = c0 + CT < C ? c0 + CT : C;                                                 \
       for (int64_t i0 = 0; i0 < n; i0 += CT) {                                                \
         int64_t w = n - i0 < CT ? n - i0 : CT;                                                \
-        for (int64_t c = c0; c < c1; ++c)        /* contiguous runs of each row */           \
+        for (int64_t c = c0; c < c1; ++c) {      /* contiguous runs of each row */           \
+          if (c + CT < C) __builtin_prefetch(acc + (b * C + c + CT) * L + start + i0, 0, 0);    \
           memcpy(tmp + (c - c0) * CT, acc + (b * C + c) * L + start + i0, (size_t)w * sizeof(T)); \
+        }                                                                                     \
         for (int64_t i = 0; i < w; ++i) {                                                     \
           T* restrict dst = blk + ((i0 + i) * B + b) * C;                                     \
           for (int64_t c = c0; c < c1; ++c) dst[c] = tmp[(c - c0) * CT + i];                  \
@@ -103,27 +117,23 @@ void lcsm_flush_block_##S(const T* restrict blk, T* restrict hist, int64_t start
           const T* restrict src = blk + ((i0 + i) * B + b) * C;                               \
           for (int64_t c = c0; c < c1; ++c) tmp[(c - c0) * CT + i] = src[c];                  \
         }                                                                                     \
-        for (int64_t c = c0; c < c1; ++c)                                                     \
+        for (int64_t c = c0; c < c1; ++c) {                                                   \
+          if (c + CT < C) __builtin_prefetch(hist + (b * C + c + CT) * L + start + i0, 1, 0);   \
           memcpy(hist + (b * C + c) * L + start + i0, tmp + (c - c0) * CT, (size_t)w * sizeof(T)); \
+        }                                                                                     \
       }                                                                                       \
     }                                                                                         \
 }
 
-DEFINE(float, f32)
-DEFINE(double, f64)
+DEFINE(float, f32, lcsm_vf32)
+DEFINE(double, f64, lcsm_vf64)
 
 /* Direct tile on the time-last state: acc[b, c, t0 + i] += sum_{m < U} hist[b, c, s0 + m] *
    k[c, U + i - m] for i < n (n <= U). Per row, outputs go in chunks of 4 vectors held in
    registers, with two interleaved sums over m (8 independent FMA chains); the k reads stay
    within k[c, 1 .. U + n - 1], which the caller guarantees is inside the row. GCC/clang vector
    extensions: 32-byte vectors, unaligned loads through memcpy. */
-typedef float lcsm_vf32 __attribute__((vector_size(32)));
-typedef double lcsm_vf64 __attribute__((vector_size(32)));
-
 #define DEFINE_DIRECT(T, S, V)                                                                \
-static inline V lcsm_ld_##S(const T* p) { V v; memcpy(&v, p, sizeof(V)); return v; }           \
-static inline void lcsm_add_##S(T* p, V v) { V o; memcpy(&o, p, sizeof(V)); o += v;            \
-                                              memcpy(p, &o, sizeof(V)); }                     \
 void lcsm_direct_tile_##S(const T* restrict hist, T* restrict acc, const T* restrict k,       \
                           int64_t s0, int64_t t0, int64_t U, int64_t n, int64_t B, int64_t C, \
                           int64_t L, int64_t K) {                                             \
@@ -229,9 +239,6 @@ class RedCellKernels:
         self.red_step = getattr(lib, f"lcsm_red_step_{s}")
         self.red_step.argtypes = [_P, _P, _P, _I]
         self.red_step.restype = None
-        self.push_rows = getattr(lib, f"lcsm_push_rows_{s}")
-        self.push_rows.argtypes = [_P, _I]
-        self.push_rows.restype = None
         self.load_block = getattr(lib, f"lcsm_load_block_{s}")
         self.load_block.argtypes = [_P, _P, _I, _I, _I, _I, _I]
         self.load_block.restype = None
