@@ -24,6 +24,7 @@ trapezoid rule (marked ``*``). Writes ``benchmarks/results/generate.json`` and `
 from __future__ import annotations
 
 import argparse
+import gc
 import statistics
 import sys
 import time
@@ -123,10 +124,14 @@ def main() -> None:
         compiled = {"setup_s": ctime}
         del csess
 
+    del sess  # the baselines' prefills at large batch need the memory (16 x 2^15 ran out of 24 GB)
+    gc.collect()
+
     # floor: position-wise work alone
     fsess = lcsm_compile.session(model, ids[:, :P], max_len=Lmax, engine="none")
     fl = per_step_times(fsess, ids, P, min(2000, Lmax - P), "floor")
     floor = statistics.median(fl)
+    del fsess
     res["floor"] = {L: floor for L in Ls}
 
     # mixer only: the engine on the model's group
@@ -153,7 +158,8 @@ def main() -> None:
 
         res[kind] = {L: sampled_average(cost, L, [L * i / (args.samples - 1) for i in range(args.samples)])
                      for L in tqdm(Ls, desc=kind, leave=False)}
-        del bsess
+        del bsess, cost
+        gc.collect()
 
     # recompute: full forward over the prefix per token
     def recompute(fn, name):

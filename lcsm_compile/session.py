@@ -173,7 +173,13 @@ class Session:
         p = self.program
         return (f"Session(position={self.position}, max_len={self.max_len}, batch={self.batch_size}, "
                 f"long_convs={len(p.longs)}, short_convs={len(p.shorts)}, groups={len(p.engines)}, "
-                f"engine={p.engine_kind})")
+                f"engine={p.engine_kind}, kernels={self.kernel_note!r})")
+
+    @property
+    def kernel_note(self) -> str:
+        """Which kernels the long convolutions run on, and why (from the engines)."""
+        notes = sorted({getattr(e, "kernel_note", "torch ops") for e in self.program.engines})
+        return "; ".join(notes) if notes else "no long convolutions"
 
 
 def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, **options: Any) -> Session:

@@ -232,6 +232,7 @@ def test_kernels_option(kernels):
     sess = lcsm_compile.session(model, x[:, :5], max_len=48, kernels=kernels, engine_options={"block": 4, "fft_from": 8})
     if kernels == "torch":
         assert all(eng._nk is None for eng in sess.program.engines)
+        assert "kernels='torch'" in sess.kernel_note and "kernels=" in repr(sess)
     for g, r in zip(teacher_force(sess, x, 5), ref):
         assert rel(g, r) <= 1e-4
     with pytest.raises(SessionError, match="kernels='triton' is not available"):
