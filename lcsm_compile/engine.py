@@ -182,8 +182,8 @@ class OnlineConv:
                          else (None, "kernels='torch'"))
         # fused steps need the input already in the compute dtype (fp32/fp64 models)
         self._fused_step = self._nk is not None and self.dtype == self.cdtype
-        self.kernel_note = ("native CPU kernels (red cells, block transposes)" if self._fused_step else
-                            "native block transposes; torch red cells (input dtype differs from compute dtype)"
+        self.kernel_note = ("native CPU kernels (red cells, block transposes, direct tiles)" if self._fused_step else
+                            "native block transposes and direct tiles; torch red cells (input dtype differs from compute dtype)"
                             if self._nk is not None else f"torch ops ({why})")
         C, K = k.shape
         self.channels = C
