@@ -218,7 +218,6 @@ class OnlineConv:
         self.prefill_len = 0
         self._blk_start = 0  # first position of the block held in blk_*
         self._views: dict = {}
-        self._views_by_obj: dict = {}
         self._gen = 0  # bumped whenever positions may be computed again (fused outputs renewed)
 
     # ------------------------------------------------------------------ setup
@@ -338,7 +337,13 @@ class OnlineConv:
         self._load_block(P)
 
     def _member_views(self, channels: slice) -> tuple:
-        """Per-row views of the block buffers for one channel slice (cached: steps do no indexing)."""
+        """What a step of one channel slice needs, cached: the fused kernel's member state, or
+        (torch path) the per-row views of the block buffers. A step passes the same slice object
+        every time, so the cache is keyed by the object (kept alive, so its id stays unique);
+        an equal slice from elsewhere finds the same entry through its indices."""
+        hit = self._views.get(id(channels))
+        if hit is not None and hit[0] is channels:
+            return hit[1]
         key = channels.indices(self.channels)
         views = self._views.get(key)
         if views is None:
@@ -346,13 +351,17 @@ class OnlineConv:
                 raise SessionError(f"channels must be a contiguous slice (step 1), got {channels}")
             sl = slice(*key)
             C = len(range(*key))
-            views = (C, (self.batch_size, C),
-                     [self.blk_hist[r, :, sl] for r in range(self.block)],
-                     [self.blk_acc[r:, :, sl] for r in range(self.block)],
-                     [self._kb[: self.block - r, :, sl] for r in range(self.block)],
-                     [self.blk_acc[r, :, sl] for r in range(self.block)],
-                     _FusedMember(self, key[0], C) if self._fused_step else None)
+            if self._fused_step:
+                views = (C, (self.batch_size, C), None, None, None, None, _FusedMember(self, key[0], C))
+            else:
+                views = (C, (self.batch_size, C),
+                         [self.blk_hist[r, :, sl] for r in range(self.block)],
+                         [self.blk_acc[r:, :, sl] for r in range(self.block)],
+                         [self._kb[: self.block - r, :, sl] for r in range(self.block)],
+                         [self.blk_acc[r, :, sl] for r in range(self.block)],
+                         None)
             self._views[key] = views
+        self._views[id(channels)] = (channels, views)
         return views
 
     def diag(self, u: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
@@ -366,13 +375,7 @@ class OnlineConv:
         t = self.position
         if t >= self.max_len:
             raise SessionError(f"position {t} is past max_len={self.max_len}")
-        hit = self._views_by_obj.get(id(channels))  # the same slice object every step: no indexing
-        if hit is not None and hit[0] is channels:
-            views = hit[1]
-        else:
-            views = self._member_views(channels)
-            self._views_by_obj[id(channels)] = (channels, views)  # holds the slice: its id stays unique
-        C, shape, hist_rows, acc_tails, k_heads, acc_rows, fused = views
+        C, shape, hist_rows, acc_tails, k_heads, acc_rows, fused = self._member_views(channels)
         if not isinstance(u, torch.Tensor) or u.shape != shape or u.dtype != self.dtype or u.device != self.device:
             self._check_input(u, C, "step")
             raise SessionError(f"step: input must be [{self.batch_size}, {C}], got {tuple(u.shape)}")
@@ -384,12 +387,7 @@ class OnlineConv:
                 fused.renew(self._blk_start, self._gen)
             self._nk.red_step(fused.params_ptr, u.data_ptr(), fused.base + r * fused.row_bytes, r)
             return fused.rows[r].detach()  # a new alias: while it lives, the storage counts it
-        if self.dtype == self.cdtype:
-            return red_cells.red_step_reference(u, hist_rows[r], acc_tails[r], k_heads[r], acc_rows[r])
-        row = hist_rows[r]
-        row.copy_(u)
-        acc_tails[r].addcmul_(row, k_heads[r])
-        return acc_rows[r].to(self.dtype, copy=True)
+        return red_cells.red_step_reference(u, hist_rows[r], acc_tails[r], k_heads[r], acc_rows[r], self.dtype)
 
     def advance(self) -> None:
         """Finish the current position: run its tile (all channels at once), move on by one."""
@@ -404,16 +402,13 @@ class OnlineConv:
         if tile is not None:
             U = tile.size
             kind, data = self._level_data[U]
-            a = self.hist[..., tile.s0:tile.s1]
-            out = self.acc[..., tile.t0:tile.t1]
             if kind == "native":  # t0 == s0 + U: lags 1 .. U + n - 1 < max_len, inside k's rows
                 self._nk.direct_tile(self.hist.data_ptr(), self.acc.data_ptr(), self.k.data_ptr(), tile.s0,
                                      tile.t0, U, tile.t1 - tile.t0, self.batch_size, self.channels,
                                      self.max_len, self.max_len)
-            elif kind == "direct":
-                direct_tile(a, data, out, U)
             else:
-                fft_tile(a, data, out, U)
+                tile_fn = direct_tile if kind == "direct" else fft_tile
+                tile_fn(self.hist[..., tile.s0:tile.s1], data, self.acc[..., tile.t0:tile.t1], U)
         self._load_block(t + 1)
 
     def rollback(self) -> None:

@@ -200,11 +200,12 @@ _P = ctypes.c_void_p
 _I = ctypes.c_int64
 
 
-def red_step_reference(u, hist_row, acc_tail, k_head, acc_row):
-    """Torch reference of ``red_step`` (views of one member and row ``r``)."""
+def red_step_reference(u, hist_row, acc_tail, k_head, acc_row, dtype=None):
+    """Torch reference of ``red_step`` (views of one member and row ``r``); the output in
+    ``dtype`` (default: the state's), always a new tensor."""
     hist_row.copy_(u)
     acc_tail.addcmul_(hist_row, k_head)
-    return acc_row.clone()
+    return acc_row.clone() if dtype in (None, acc_row.dtype) else acc_row.to(dtype)
 
 
 def load_block_reference(acc, blk, stage, start, n):
