@@ -102,7 +102,7 @@ def main() -> None:
     t0 = time.perf_counter()
     sess = lcsm_compile.session(model, ids[:, :P], max_len=Lmax)
     setup = time.perf_counter() - t0
-    group = sess.program.plan.groups[0]
+    group = sess.program.plan.groups.groups[0]
     print(f"session setup (capture, analysis, folding, plan): {setup:.1f} s; group: {group.describe()}; "
           f"engine plan block={sess.program.engines[0].block} fft_from={sess.program.engines[0].fft_from}")
 

@@ -39,8 +39,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from _util import loglog_slope, min_time, write_results  # noqa: E402
 
-from lcsm_compile import OnlineConv, schedule  # noqa: E402
-from lcsm_compile.reference import EagerConv, LazyConv  # noqa: E402
+from lcsm_compile import OnlineConv  # noqa: E402
+from lcsm_compile.runtime import schedule  # noqa: E402
+from lcsm_compile.runtime.baselines import EagerConv, LazyConv  # noqa: E402
 
 
 def peak_rates(C: int) -> dict:

@@ -2,29 +2,35 @@
 
 Public API (see README.md and docs/):
 
+* ``torch.compile(model, backend="lcsm")`` - the backend (:class:`LcsmBackend`), found by name.
 * :func:`session` - a streaming session (prefill + one-position steps) of an unmodified model.
 * :func:`generate` - exact autoregressive generation (greedy or sampled) on a session.
+* :func:`explain` - what the compiler found and refused (:class:`Explanation`).
 * :class:`OnlineConv` - the exact online long-convolution engine (relaxed tiling).
-* :mod:`lcsm_compile.reference` - reference oracles (full FFT conv, lazy, eager).
 * :class:`LcsmError`, :class:`UnsupportedModelError`, :class:`SessionError`.
+
+The package is layered, data flowing one way (docs/architecture.md):
+``capture/ -> passes/ -> pipeline (lower, plan) -> codegen/ -> runtime/``, with ``api`` and
+``backend`` the entry points on top.
 """
 
+from .api import explain, generate, session
+from .backend import LcsmBackend
 from .errors import LcsmError, SessionError, UnsupportedModelError
-from .engine import OnlineConv
-from .generate import generate
-from .session import Session, session
-from .explain import Explanation, explain
+from .report import Explanation
+from .runtime import OnlineConv, Session
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Explanation",
+    "LcsmBackend",
     "LcsmError",
     "OnlineConv",
     "Session",
     "SessionError",
     "UnsupportedModelError",
     "explain",
-    "Explanation",
     "generate",
     "session",
     "__version__",

@@ -1,18 +1,21 @@
-"""The ``torch.compile`` backend ``"lcsm"``.
+"""The ``torch.compile`` backend ``"lcsm"``: :class:`LcsmBackend`.
 
 Found by name through the entry point in pyproject.toml
 (``[project.entry-points.torch_dynamo_backends] lcsm = "lcsm_compile.backend:lcsm_backend"``),
 so ``torch.compile(model, backend="lcsm")`` works after ``pip install`` without importing
 ``lcsm_compile`` first. (Do not also ``register_backend`` it: that is a duplicate name.)
+``lcsm_backend`` is the shared default instance; ``torch.compile(model, backend=LcsmBackend())``
+gives a model its own instance, whose ``.reports`` then list only that model's graphs.
 
 What it does with each graph dynamo hands it (a graph break gives several graphs; each is
 handled alone):
 
 1. aot_autograd lowers it to a functional aten inference graph (core aten decompositions);
-2. the front end (:func:`lcsm_compile.pipeline.run_frontend`: time-axis analysis, matching,
-   probe verification at the graph's own shape, rewrite) replaces every verified long/short
-   convolution with the ``lcsm`` custom ops (FFT path);
-3. the rewritten graph is checked once against the captured graph on the real example inputs.
+2. the front-end stages (:data:`lcsm_compile.pipeline.FRONTEND`: time-axis analysis, matching,
+   probe verification at the graph's own shape, rewrite, classification) replace every
+   verified long/short convolution with the ``lcsm`` custom ops (FFT path);
+3. the rewritten graph is checked once against the captured graph on the real example inputs
+   (:func:`lcsm_compile.passes.check.output_mismatch`).
 
 The compiled forward then runs:
 
@@ -21,57 +24,29 @@ The compiled forward then runs:
 * fallback ``eager`` (default) - the captured aten graph as is, op for op the model's own
   computation: exact. Used for graphs with a refusal (non-causal op, unsupported op, capture
   problem) or whose check failed; the reason is logged (logger ``lcsm_compile``) and kept in
-  :data:`REPORTS`. ``options={"fallback": "inductor"}`` compiles such graphs with Inductor
+  ``.reports``. ``options={"fallback": "inductor"}`` compiles such graphs with Inductor
   instead (exact up to Inductor's float reassociation).
 
 Inference only: every graph is compiled and run under ``torch.no_grad()`` (the outputs do not
 require grad, and the ``lcsm`` ops have no backward).
-Options (``torch.compile(..., options={...})``): ``fallback`` ("eager" | "inductor"),
-``verbose`` (log every graph's decision), ``debug_dir``; other lcsm options are accepted.
 """
 
 from __future__ import annotations
 
-import dataclasses
+import collections
 import logging
-from typing import Any, Callable, Dict, List
+from typing import Any, Callable, Deque, Dict, List
 
 import torch
 import torch.fx as fx
 
 from . import ops as _ops  # noqa: F401 - registers torch.ops.lcsm
+from .options import BACKEND_OPTIONS, check_options
+from .report import GraphReport
 
 log = logging.getLogger("lcsm_compile")
 
-__all__ = ["lcsm_backend", "GraphReport", "REPORTS"]
-
-
-@dataclasses.dataclass
-class GraphReport:
-    """What the backend did with one graph: ``mode`` ("lcsm" | "eager" | "inductor"), why, and
-    the convolutions it rewrote."""
-
-    mode: str
-    reason: str
-    long_convs: int = 0
-    short_convs: int = 0
-    refusals: list = dataclasses.field(default_factory=list)
-
-
-#: one report per compiled graph, most recent last (bounded)
-REPORTS: List[GraphReport] = []
-
-
-def _report(rep: GraphReport, verbose: bool) -> None:
-    REPORTS.append(rep)
-    del REPORTS[:-64]
-    msg = f"lcsm backend: graph runs as {rep.mode}: {rep.reason}"
-    if rep.mode != "lcsm" and rep.refusals:
-        log.warning(msg)
-    elif verbose:
-        log.info(msg)
-    else:
-        log.debug(msg)
+__all__ = ["LcsmBackend", "lcsm_backend", "GraphReport"]
 
 
 def _is_state(node: fx.Node, ex: Any) -> bool:
@@ -98,69 +73,109 @@ def _data_indices(gm: fx.GraphModule, example_inputs: List[Any]) -> List[int]:
     return out
 
 
-def _fallback(gm: fx.GraphModule, fake_args, mode: str, state: Dict[str, Any]) -> Callable:
-    """The exact fallback: the captured aten graph as is. For ``fallback="inductor"`` the
-    caller then compiles the dynamo graph with Inductor instead (``state["fallback"]``)."""
-    state["fallback"] = True
-    return gm.forward
+class LcsmBackend:
+    """The ``torch.compile`` backend (module doc). Callable as ``backend(gm, example_inputs,
+    options=...)``; ``reports`` holds one :class:`GraphReport` per compiled graph, most recent
+    last, the last ``max_reports`` of them."""
 
+    def __init__(self, max_reports: int = 256):
+        self.reports: Deque[GraphReport] = collections.deque(maxlen=max_reports)
 
-def _make_inference_compiler(dyn_gm: fx.GraphModule, example_inputs: List[Any],
-                             options: Dict[str, Any], state: Dict[str, Any]):
-    from .capture import capture_aten_graph
-    from .pipeline import run_frontend
-    from .passes.verify import rel_err, tolerance
+    def _report(self, rep: GraphReport, verbose: bool) -> None:
+        self.reports.append(rep)
+        msg = f"lcsm backend: graph runs as {rep.mode}: {rep.reason}"
+        if rep.mode != "lcsm" and rep.refusals:
+            log.warning(msg)
+        elif verbose:
+            log.info(msg)
+        else:
+            log.debug(msg)
 
-    fallback = options.get("fallback", "eager")
-    verbose = bool(options.get("verbose", False))
-    data_idx = _data_indices(dyn_gm, example_inputs)
+    def __call__(self, gm: fx.GraphModule, example_inputs: List[Any], **kwargs: Any) -> Callable:
+        from torch._decomp import core_aten_decompositions
+        from torch._dynamo.backends.common import aot_autograd
 
-    def compiler(gm: fx.GraphModule, fake_args: List[Any]):
-        from torch._subclasses.fake_tensor import unset_fake_temporarily
-        with unset_fake_temporarily():  # probes and checks run on real tensors
-            return _compile(gm, fake_args)
+        options = dict(kwargs.get("options") or {})
+        check_options(options, BACKEND_OPTIONS, 'torch.compile(backend="lcsm")')
+        fallback = options.get("fallback", "eager")
+        verbose = bool(options.get("verbose", False))
+        # inference only: grad-mode switches inside the graph (``with torch.no_grad():`` blocks in
+        # forward) are dropped, everything runs under no_grad
+        for n in list(gm.graph.nodes):
+            if n.op == "call_function" and n.target is torch._C._set_grad_enabled:
+                gm.graph.erase_node(n)
+        gm.recompile()
+        state = {"fallback": False}
+        data_idx = _data_indices(gm, list(example_inputs))
 
-    def _compile(gm: fx.GraphModule, fake_args: List[Any]):
+        def inference_compiler(g: fx.GraphModule, fake_args: List[Any]):
+            from torch._subclasses.fake_tensor import unset_fake_temporarily
+            with unset_fake_temporarily():  # probes and checks run on real tensors
+                run = self._compile_graph(g, fake_args, list(example_inputs), data_idx, options, verbose)
+            state["fallback"] = run is None
+            return g.forward if run is None else run
+
+        def training_compiler(g, fake_args):
+            self._report(GraphReport(fallback, "autograd graph (training): run as is"), False)
+            state["fallback"] = True
+            return g.forward
+
+        with torch.no_grad():  # inference backend: always the inference graph
+            compiled = aot_autograd(fw_compiler=training_compiler, inference_compiler=inference_compiler,
+                                    decompositions=core_aten_decompositions())(gm, example_inputs)
+            if fallback == "inductor" and state["fallback"]:
+                from torch._inductor.compile_fx import compile_fx
+                compiled = compile_fx(gm, example_inputs)
+
+        def forward(*args):
+            with torch.no_grad():
+                return compiled(*args)
+        return forward
+
+    def _compile_graph(self, gm: fx.GraphModule, fake_args: List[Any], real: List[Any], data_idx: List[int],
+                       options: Dict[str, Any], verbose: bool):
+        """The rewritten graph's runner for one aten graph, or None for the exact fallback."""
+        from .capture import capture_aten_graph
+        from .passes.check import output_mismatch
+        from .passes.common import probe_threads
+        from .pipeline import FRONTEND, frontend_state, max_length, run_stages
+
+        fallback = options.get("fallback", "eager")
         n_ph = len(list(gm.graph.find_nodes(op="placeholder")))
-        if not data_idx or n_ph != len(example_inputs):
-            _report(GraphReport(fallback, "no sequence input in this graph"), verbose)
-            return _fallback(gm, fake_args, fallback, state)
-        real = list(example_inputs)
+        if not data_idx or n_ph != len(real):
+            self._report(GraphReport(fallback, "no sequence input in this graph"), verbose)
+            return None
         try:
             cap = capture_aten_graph(gm, fake_args, real, data_idx)
             if cap.capture_len < 2:
                 raise RuntimeError("length < 2")
-            fe = run_frontend(cap, lambda L: list(real), (cap.capture_len,),
-                              options.get("debug_dir"))
+            fe = run_stages(frontend_state(cap, lambda L: list(real), (cap.capture_len,)), FRONTEND,
+                            debug_dir=options.get("debug_dir"))
         except Exception as e:  # noqa: BLE001 - anything unexpected: exact fallback
-            _report(GraphReport(fallback, f"front end failed ({type(e).__name__}: {e})"), verbose)
-            return _fallback(gm, fake_args, fallback, state)
+            self._report(GraphReport(fallback, f"front end failed ({type(e).__name__}: {e})"), verbose)
+            return None
         n_long = sum(r.kind in ("long", "scan") for r in fe.records)
         n_short = sum(r.kind == "short" for r in fe.records)
         if fe.refusals:
             reasons = "; ".join(f"{r.op} at {r.source}: {r.reason}" for r in fe.refusals[:3])
-            _report(GraphReport(fallback, "refused: " + reasons, n_long, n_short,
-                                list(fe.refusals)), verbose)
-            return _fallback(gm, fake_args, fallback, state)
+            self._report(GraphReport(fallback, "refused: " + reasons, n_long, n_short, list(fe.refusals)), verbose)
+            return None
         if not fe.records:
-            _report(GraphReport(fallback, "no convolution in this graph", 0, 0), verbose)
-            return _fallback(gm, fake_args, fallback, state)
+            self._report(GraphReport(fallback, "no convolution in this graph", 0, 0), verbose)
+            return None
         new = fe.gm
-        from .passes.common import probe_threads
         try:  # check the rewritten graph once on the real inputs
             with torch.no_grad(), probe_threads():
-                a, b = new(*real), gm(*real)
-            for x, y in zip(a, b):
-                if isinstance(x, torch.Tensor) and x.is_floating_point() and \
-                        rel_err(x, y) > 10 * tolerance(x.dtype):
-                    raise RuntimeError(f"rewritten graph differs (rel err {rel_err(x, y):.1e})")
+                why = output_mismatch(list(new(*real)), list(gm(*real)))
+            if why is not None:
+                raise RuntimeError(f"rewritten graph: {why}")
         except Exception as e:  # noqa: BLE001
-            _report(GraphReport(fallback, f"check failed: {e}"), verbose)
-            return _fallback(gm, fake_args, fallback, state)
-        bound = fe.ta.max_len
+            self._report(GraphReport(fallback, f"check failed: {e}"), verbose)
+            return None
+        bound = max_length(fe) if cap.symbolic else None
         d0, tdim = data_idx[0], 1
-        _report(GraphReport("lcsm", f"{n_long} long and {n_short} short convolutions rewritten",
-                            n_long, n_short), verbose)
+        self._report(GraphReport("lcsm", f"{n_long} long and {n_short} short convolutions rewritten",
+                                 n_long, n_short), verbose)
         plain = gm.forward
 
         def run(*args):
@@ -169,37 +184,6 @@ def _make_inference_compiler(dyn_gm: fx.GraphModule, example_inputs: List[Any],
             return new(*args)
         return run
 
-    return compiler
 
-
-def lcsm_backend(gm: fx.GraphModule, example_inputs: List[Any], **kwargs: Any) -> Callable:
-    """``torch.compile`` backend: see the module doc. ``options=`` arrive in ``kwargs``."""
-    from torch._decomp import core_aten_decompositions
-    from torch._dynamo.backends.common import aot_autograd
-
-    options = dict(kwargs.get("options") or {})
-    # inference only: grad-mode switches inside the graph (``with torch.no_grad():`` blocks in
-    # forward) are dropped, everything runs under no_grad
-    for n in list(gm.graph.nodes):
-        if n.op == "call_function" and n.target is torch._C._set_grad_enabled:
-            gm.graph.erase_node(n)
-    gm.recompile()
-    state: Dict[str, Any] = {}
-    compiler = _make_inference_compiler(gm, list(example_inputs), options, state)
-    fallback = options.get("fallback", "eager")
-
-    def training_compiler(g, fake_args):
-        _report(GraphReport(fallback, "autograd graph (training): run as is"), False)
-        return _fallback(g, fake_args, fallback, state)
-
-    with torch.no_grad():  # inference backend: always the inference graph
-        compiled = aot_autograd(fw_compiler=training_compiler, inference_compiler=compiler,
-                                decompositions=core_aten_decompositions())(gm, example_inputs)
-        if fallback == "inductor" and state.get("fallback"):
-            from torch._inductor.compile_fx import compile_fx
-            compiled = compile_fx(gm, example_inputs)
-
-    def forward(*args):
-        with torch.no_grad():
-            return compiled(*args)
-    return forward
+#: the default instance, registered as ``backend="lcsm"`` (entry point)
+lcsm_backend = LcsmBackend()

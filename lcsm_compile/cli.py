@@ -21,8 +21,8 @@ def _demo(args: argparse.Namespace) -> int:
     """Generate with a Hyena LM on a streaming session; check it and compare speeds."""
     if args.mixer:
         return _demo_mixer(args)
-    from . import generate, session
-    from .generate import logits_of
+    from .api import generate, session
+    from .capture import find_logits as logits_of
     from .models import HyenaLM
 
     torch.manual_seed(0)
@@ -67,7 +67,7 @@ def _timeit(fn) -> float:
 
 def _explain(args: argparse.Namespace) -> int:
     """Print what the compiler finds in the demo model."""
-    from . import explain
+    from .api import explain
     from .models import HyenaLM
 
     torch.manual_seed(0)
@@ -80,8 +80,9 @@ def _demo_mixer(args: argparse.Namespace) -> int:
     """Stream a random group of long convolutions with the engine and the lazy baseline."""
     from tqdm import tqdm
 
-    from . import OnlineConv
-    from .reference import LazyConv, causal_conv_fft
+    from .runtime.engine import OnlineConv
+    from .ops import causal_conv_fft
+    from .runtime.baselines import LazyConv
 
     torch.manual_seed(0)
     C, L, P = args.channels, args.length, args.prompt
@@ -116,8 +117,8 @@ def _demo_mixer(args: argparse.Namespace) -> int:
 
 def _bench(args: argparse.Namespace) -> int:
     """A short mixer benchmark printed as a table."""
-    from . import OnlineConv
-    from .reference import EagerConv, LazyConv
+    from .runtime.engine import OnlineConv
+    from .runtime.baselines import EagerConv, LazyConv
 
     torch.manual_seed(0)
     print("| C | L | online us/step | lazy us/step | eager us/step | speedup vs best |")

@@ -11,7 +11,9 @@ import torch
 
 from lcsm_compile import backend as B
 
-from .zoo import get, output_tensors
+from examples.idioms import get, output_tensors
+
+from ._golden import assert_golden, golden_forward
 
 TOL = 1e-4
 
@@ -44,8 +46,8 @@ def test_backend_by_name_without_importing_the_package():
         f = torch.compile(m, backend="lcsm")
         x = torch.randn(2, 9, 4)
         err = ((f(x) - m(x)).abs().max() / m(x).abs().max()).item()
-        from lcsm_compile.backend import REPORTS
-        print("ERR", err, REPORTS[-1].mode)
+        from lcsm_compile.backend import lcsm_backend
+        print("ERR", err, lcsm_backend.reports[-1].mode)
     """)
     env = dict(os.environ)
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env,
@@ -59,15 +61,13 @@ def test_backend_by_name_without_importing_the_package():
 def _run(name, lengths=(9, 16, 2), options=None):
     entry = get(name)
     m = entry.build()
-    n0 = len(B.REPORTS)
-    f = torch.compile(m, backend="lcsm", options=options) if options else torch.compile(m, backend="lcsm")
+    backend = B.LcsmBackend()  # a private instance: its reports are this model's graphs only
+    f = torch.compile(m, backend=backend, options=options) if options else torch.compile(m, backend=backend)
     for L in lengths:
         x = entry.make_input(2, L)
         got, ref = output_tensors(f(x)), output_tensors(m(x))
-        for a, b in zip(got, ref):
-            if b.is_floating_point():
-                assert rel(a, b) < TOL, (name, L)
-    return B.REPORTS[n0:]
+        assert_golden(got, ref, golden_forward(m, x), what=f"{name} L={L}")
+    return list(backend.reports)
 
 
 @pytest.mark.parametrize("name", ["safari_hyena_o2", "h3_explicit_cl", "modal_pow_cont"])
@@ -99,10 +99,20 @@ def test_inductor_fallback_option():
 def test_dynamic_true_and_fp64():
     entry = get("hyenadna_cont")
     m = entry.build().double()
-    n0 = len(B.REPORTS)
-    f = torch.compile(m, backend="lcsm", dynamic=True)
+    backend = B.LcsmBackend()
+    f = torch.compile(m, backend=backend, dynamic=True)
     for L in (5, 13):
         x = entry.make_input(2, L).double()
         for a, b in zip(output_tensors(f(x)), output_tensors(m(x))):
             assert rel(a, b) < 1e-9  # fp64 end to end
-    assert [r.mode for r in B.REPORTS[n0:]] == ["lcsm"]
+    assert [r.mode for r in backend.reports] == ["lcsm"]
+
+
+def test_backend_instances_keep_their_own_reports_and_check_options():
+    entry = get("safari_hyena_o2")
+    m = entry.build()
+    a, b = B.LcsmBackend(), B.LcsmBackend(max_reports=1)
+    torch.compile(m, backend=a)(entry.make_input(2, 9))
+    assert len(a.reports) == 1 and a.reports[0].mode == "lcsm" and len(b.reports) == 0
+    with pytest.raises(Exception, match="valid options"):
+        torch.compile(entry.build(), backend="lcsm", options={"bogus": 1})(entry.make_input(2, 9))

@@ -9,10 +9,13 @@ import pytest
 import torch
 
 from lcsm_compile import OnlineConv
-from lcsm_compile.codegen import native, red_cells
-from lcsm_compile.engine import direct_tile
+from lcsm_compile.codegen import kernels_for, native, red_cells
+from lcsm_compile.codegen.tiles import direct_tile
+from lcsm_compile.ops import causal_conv_direct
 
-NK = {dt: red_cells.kernels_for(dt, torch.device("cpu"))[0] for dt in (torch.float32, torch.float64)}
+from ._golden import assert_golden
+
+NK = {dt: kernels_for(dt, torch.device("cpu"))[0] for dt in (torch.float32, torch.float64)}
 needs_native = pytest.mark.skipif(NK[torch.float32] is None, reason="no working C compiler here")
 RTOL = {torch.float32: 1e-5, torch.float64: 1e-12}
 
@@ -103,6 +106,8 @@ def test_engine_native_equals_torch_path(dtype):
         ys = [eng.prefill(u[..., :P])] + [eng.step(u[..., t])[..., None] for t in range(P, L)]
         outs[kern] = torch.cat(ys, -1)
     close(outs["auto"], outs["torch"], dtype)
+    # golden vs twin vs native: the native kernels are no less accurate than their torch twins
+    assert_golden(outs["auto"], outs["torch"], causal_conv_direct(u.double(), k.double()), what=str(dtype))
     assert "native" in OnlineConv(k, max_len=L, batch_size=B, kernels="auto").kernel_note
     assert "kernels='torch'" in OnlineConv(k, max_len=L, batch_size=B, kernels="torch").kernel_note
 
@@ -131,12 +136,12 @@ def test_returned_outputs_are_never_overwritten():
 
 def test_capability_check_falls_back_with_a_reason(monkeypatch, tmp_path):
     monkeypatch.setenv("LCSM_NATIVE_KERNELS", "0")
-    assert red_cells.kernels_for(torch.float32, torch.device("cpu")) == (None, "turned off by LCSM_NATIVE_KERNELS=0")
+    assert kernels_for(torch.float32, torch.device("cpu")) == (None, "turned off by LCSM_NATIVE_KERNELS=0")
     eng = OnlineConv(torch.randn(3, 20), max_len=20, block=4, fft_from=8)
     assert eng._nk is None and "LCSM_NATIVE_KERNELS=0" in eng.kernel_note
     monkeypatch.delenv("LCSM_NATIVE_KERNELS")
-    assert red_cells.kernels_for(torch.bfloat16, torch.device("cpu"))[0] is None
-    assert "fp32/fp64" in red_cells.kernels_for(torch.bfloat16, torch.device("cpu"))[1]
+    assert kernels_for(torch.bfloat16, torch.device("cpu"))[0] is None
+    assert "fp32/fp64" in kernels_for(torch.bfloat16, torch.device("cpu"))[1]
     # a source the compiler rejects: None, and the compiler's message as the reason
     monkeypatch.setenv("LCSM_CACHE_DIR", str(tmp_path))
     ok, why = native.available("this is not C;", "broken_for_test")

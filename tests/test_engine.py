@@ -10,9 +10,9 @@ import torch
 from hypothesis import given, settings, strategies as st
 
 from lcsm_compile import OnlineConv, SessionError
-from lcsm_compile.cost_model import choose_plan
-from lcsm_compile.engine import direct_tile, fft_tile
-from lcsm_compile.reference import causal_conv_direct, causal_conv_fft
+from lcsm_compile.runtime.cost_model import choose_plan
+from lcsm_compile.codegen.tiles import direct_tile, fft_tile
+from lcsm_compile.ops import causal_conv_direct, causal_conv_fft
 
 TOL = {torch.float64: 1e-10, torch.float32: 1e-4, torch.bfloat16: 1e-2, torch.float16: 1e-2}
 

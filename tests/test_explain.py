@@ -6,7 +6,7 @@ import torch
 
 import lcsm_compile
 
-from .zoo import ZOO, output_tensors
+from examples.idioms import ZOO, output_tensors
 
 LENGTHS = (1, 2, 7, 16)  # 1, 2, odd, not a power of two
 TOL = 1e-4  # fp32, relative to the largest output

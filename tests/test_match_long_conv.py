@@ -2,9 +2,8 @@
 
 import torch
 
-from lcsm_compile.capture import capture_model
 from lcsm_compile.passes.match_long_conv import match_long_convs, match_scans
-from lcsm_compile.passes.time_axis import TimeAxis, data_dependent
+from lcsm_compile.pipeline import lower
 
 from ._frontend_models import FFTConvCF, FFTConvCL, Negative, ids
 
@@ -12,9 +11,8 @@ aten = torch.ops.aten
 
 
 def _regions(model, x, fn=match_long_convs):
-    cap = capture_model(model, x)
-    ta = TimeAxis(cap.time_symbol, cap.batch_symbol)
-    dep = data_dependent(cap.gm, [cap.data_inputs[0].name])
+    st = lower(model, x, until="analyze")  # the pipeline up to the pass under test
+    cap, ta, dep = st.captured, st.ta, set(st.data_dep)
     return cap, ta, fn(cap.gm, ta, dep)
 
 

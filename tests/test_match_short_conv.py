@@ -2,9 +2,8 @@
 
 import torch
 
-from lcsm_compile.capture import capture_model
 from lcsm_compile.passes.match_short_conv import match_conv_regions
-from lcsm_compile.passes.time_axis import TimeAxis, data_dependent
+from lcsm_compile.pipeline import lower
 
 from ._frontend_models import DirectLongConv, Negative, ShortConvLM, ids
 
@@ -12,9 +11,8 @@ aten = torch.ops.aten
 
 
 def _regions(model, x):
-    cap = capture_model(model, x)
-    ta = TimeAxis(cap.time_symbol, cap.batch_symbol)
-    dep = data_dependent(cap.gm, [cap.data_inputs[0].name])
+    st = lower(model, x, until="analyze")  # the pipeline up to the pass under test
+    cap, ta, dep = st.captured, st.ta, set(st.data_dep)
     return match_conv_regions(cap.gm, ta, dep)
 
 

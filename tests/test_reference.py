@@ -4,7 +4,8 @@ import pytest
 import torch
 
 from lcsm_compile import SessionError
-from lcsm_compile.reference import EagerConv, LazyConv, causal_conv_direct, causal_conv_fft
+from lcsm_compile.ops import causal_conv_direct, causal_conv_fft
+from lcsm_compile.runtime.baselines import EagerConv, LazyConv
 
 
 @pytest.mark.parametrize("cls", [LazyConv, EagerConv])

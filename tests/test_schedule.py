@@ -5,7 +5,7 @@ from collections import Counter
 import pytest
 from hypothesis import given, settings, strategies as st
 
-from lcsm_compile import schedule
+from lcsm_compile.runtime import schedule
 
 
 def _check_cover(length, prefill, block):

@@ -5,14 +5,15 @@ import pytest
 import torch
 import torch.nn as nn
 
+import lcsm_compile
 from lcsm_compile import UnsupportedModelError
+from lcsm_compile.passes.common import LONG_CONV, SHORT_CONV, nodes_of
 from lcsm_compile.passes.fold_filters import fold_filters, frontier
-from lcsm_compile.passes.graph_utils import LONG_CONV, SHORT_CONV, nodes_of
-from lcsm_compile.passes.groups import plan_groups
-from lcsm_compile.passes.step_graph import build_step_graph
+from lcsm_compile.passes.groups import plan_groups, record_shapes
+from lcsm_compile.passes.step_graph import bind_slots, build_step_graph
 from lcsm_compile.pipeline import lower
-from lcsm_compile.runtime import _record_shapes, group_plan
-from tests import zoo
+from lcsm_compile.pipeline import plan as make_plan
+from examples import idioms as zoo
 
 
 class ExplicitConv(nn.Module):
@@ -62,15 +63,17 @@ def test_fold_filters_evaluates_filters_at_max_len():
 def test_fold_filters_refuses_length_dependent_filter():
     m = ExplicitConv(scale_by_length=True).eval()
     low = _lowered(m, check=False)  # skip the front end's own global check: test this pass alone
-    with pytest.raises(UnsupportedModelError, match="prefix consistent") as info:
-        fold_filters(low.gm, low.analysis, lambda L: torch.zeros(1, L, 6), 40)
-    assert info.value.op
+    folded = fold_filters(low.gm, low.analysis, lambda L: torch.zeros(1, L, 6), 40)
+    assert folded.refusals and "prefix consistent" in folded.refusals[0].reason  # data, not an exception
+    assert folded.refusals[0].op and folded.refusals[0].source
+    with pytest.raises(UnsupportedModelError, match="prefix consistent"):
+        lcsm_compile.session(m, torch.zeros(1, 4, 6), max_len=40)
 
 
 def test_groups_dag_and_partition():
     e = zoo.get("safari_hyena_o3")  # 2 layers x 2 long convs, one short conv per layer
     low = lower(e.build(), e.make_input(2, 9))
-    plan = group_plan(low, batch_size=3)
+    plan = make_plan(low, 32, 3, until="groups").groups
     longs = [n.name for n in nodes_of(low.gm, LONG_CONV)]
     shorts = [n.name for n in nodes_of(low.gm, SHORT_CONV)]
     assert set(plan.dag.nodes) == set(longs) | set(shorts)
@@ -82,7 +85,7 @@ def test_groups_dag_and_partition():
     g = plan.groups[0]
     assert g.members == longs and g.batch == 3
     assert [g.slices[m].start for m in longs] == sorted(g.slices[m].start for m in longs)
-    shapes = _record_shapes(low, 3)
+    shapes = record_shapes(low.gm, e.make_input(3, 2))
     assert g.channels == sum(shapes[m][1] for m in longs)
     # a different batch for one member splits the group
     shapes[longs[0]] = ((6,),) + shapes[longs[0]][1:]
@@ -93,6 +96,10 @@ def test_step_graph_has_no_filter_work():
     e = zoo.get("safari_hyena_o2")
     low = lower(e.build(), e.make_input(2, 9))
     folded = fold_filters(low.gm, low.analysis, lambda L: torch.zeros(1, L, dtype=torch.long), 32)
+
+    step = build_step_graph(low.gm, folded)
+    with pytest.raises(RuntimeError, match="not bound"):  # a plan holds no state: slots are unbound
+        step(torch.zeros(2, 1, dtype=torch.long), torch.tensor([5]))
 
     class Fake:
         def __init__(self):
@@ -107,7 +114,7 @@ def test_step_graph_has_no_filter_work():
 
     binds = {n.name: Fake() for n in low.gm.graph.nodes if n.op == "call_function"
              and n.target in (LONG_CONV, SHORT_CONV)}
-    step = build_step_graph(low.gm, folded, binds)
+    step = bind_slots(step, binds)
     targets = [str(n.target) for n in step.graph.nodes if n.op == "call_function"]
     assert not any("fft" in t or "lcsm." in t for t in targets), targets
     assert [n.name for n in step.graph.nodes if n.op == "placeholder"][-1] == "pos"

@@ -6,12 +6,9 @@ import dataclasses
 import pytest
 import torch
 
-from lcsm_compile.capture import capture_model
-from lcsm_compile.passes.match_long_conv import match_long_convs, match_scans
-from lcsm_compile.passes.match_short_conv import match_conv_regions
-from lcsm_compile.passes.time_axis import TimeAxis, data_dependent
+from lcsm_compile.capture import probe_input
 from lcsm_compile.passes.verify import rel_err, short_conv_ref, verify_regions
-from lcsm_compile.pipeline import _probe_input
+from lcsm_compile.pipeline import lower
 
 from ._frontend_models import DirectLongConv, FFTConvCF, FFTConvCL, Negative, ShortConvLM, ids
 
@@ -19,16 +16,12 @@ LENGTHS = (2, 5, 12)  # 2, odd, not a power of two
 
 
 def _verified(model, x, force=False):
-    cap = capture_model(model, x)
-    ta = TimeAxis(cap.time_symbol, cap.batch_symbol)
-    dep = data_dependent(cap.gm, [cap.data_inputs[0].name])
-    rs = match_long_convs(cap.gm, ta, dep) + match_conv_regions(cap.gm, ta, dep) + \
-        match_scans(cap.gm, ta, dep)
+    st = lower(model, x, until="match")  # the pipeline up to the pass under test
+    cap, ta, rs = st.captured, st.ta, list(st.regions)
     if force:  # drop the structural verdicts: only the probe decides
         rs = [dataclasses.replace(r, problem=None) for r in rs]
     xc = cap.example_args[0]
-    kind = cap.input_kind
-    out = verify_regions(cap.gm, rs, ta, lambda L: [_probe_input(xc, L, L, kind)], LENGTHS)
+    out = verify_regions(cap.gm, rs, ta, lambda L: [probe_input(xc, L, L)], LENGTHS)
     return rs, out
 
 

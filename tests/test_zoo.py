@@ -11,8 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tests.zoo import IDIOM_TAGS, ZOO, get, names, output_tensors, refused, streamable
-from tests.zoo.outputs import CausalLMOutput
+from examples.idioms import IDIOM_TAGS, ZOO, get, names, output_tensors, refused, streamable
+from examples.idioms.outputs import CausalLMOutput
 
 LENGTHS = (1, 2, 7, 64)
 BATCHES = (1, 3)

@@ -24,7 +24,21 @@ import tempfile
 import threading
 from typing import Optional
 
-__all__ = ["cache_dir", "compiler", "load_library", "available", "NativeBuildError"]
+__all__ = ["PRELUDE", "cache_dir", "compiler", "load_library", "available", "advise_huge_pages", "NativeBuildError"]
+
+#: shared head of every emitted C source: headers and 32-byte vector types (GCC/clang vector
+#: extensions), unaligned loads and adds through memcpy
+PRELUDE = r"""
+#include <stdint.h>
+#include <string.h>
+
+typedef float lcsm_vf32 __attribute__((vector_size(32)));
+typedef double lcsm_vf64 __attribute__((vector_size(32)));
+static inline lcsm_vf32 lcsm_ld_f32(const float* p) { lcsm_vf32 v; memcpy(&v, p, sizeof v); return v; }
+static inline lcsm_vf64 lcsm_ld_f64(const double* p) { lcsm_vf64 v; memcpy(&v, p, sizeof v); return v; }
+static inline void lcsm_add_f32(float* p, lcsm_vf32 v) { lcsm_vf32 o; memcpy(&o, p, sizeof o); o += v; memcpy(p, &o, sizeof o); }
+static inline void lcsm_add_f64(double* p, lcsm_vf64 v) { lcsm_vf64 o; memcpy(&o, p, sizeof o); o += v; memcpy(p, &o, sizeof o); }
+"""
 
 _FLAGS = ["-O3", "-march=native", "-fPIC", "-shared", "-std=c11"]
 _FALLBACK_FLAGS = ["-O3", "-fPIC", "-shared", "-std=c11"]

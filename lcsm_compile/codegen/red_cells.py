@@ -1,7 +1,8 @@
 """Fused CPU kernels for the engine's per-step red cells and per-block transposes.
 
-Three kernels, each with its pure-torch reference (the functions named ``*_reference`` here,
-which :class:`lcsm_compile.OnlineConv` runs when the native kernel is unavailable):
+Three kernels, each beside its torch twin (the functions named ``*_reference`` here, which
+:class:`lcsm_compile.OnlineConv` runs when the native kernel is unavailable); they are loaded
+through the kernel interface of :mod:`lcsm_compile.codegen`:
 
 * ``red_step``: one step of one group member in one call: record ``u`` in ``blk_hist[r]`` and
   return ``y = blk_acc[r] + sum_{s <= r} blk_hist[s] * kb[r - s]``. The torch reference pushes
@@ -17,35 +18,19 @@ which :class:`lcsm_compile.OnlineConv` runs when the native kernel is unavailabl
 
 Layouts (all C-contiguous, same dtype, fp32 or fp64): ``blk_hist``, ``blk_acc`` ``[block, B, C]``;
 ``kb`` ``[block, C]``; ``hist``, ``acc`` ``[B, C, max_len]``; ``u``, ``y`` ``[B, n]`` for the
-member's channels ``c0 .. c0 + n``. The C source is :data:`SOURCE`; see :mod:`.native` for the
-build and the cache. The kernels are exact in the sense of the torch reference: the same
+member's channels ``c0 .. c0 + n``. The C source is :data:`SOURCE` (after
+:data:`lcsm_compile.codegen.native.PRELUDE`); see :mod:`.native` for the build and the cache. The kernels are exact in the sense of the torch reference: the same
 products and sums per element, in the same order (a fused multiply-add may round once
 instead of twice).
 """
 
 from __future__ import annotations
 
-import ctypes
-from typing import Optional
-
 import torch
 
-from . import native
-
-__all__ = ["SOURCE", "RedCellKernels", "kernels_for", "red_step_params", "red_step_reference", "load_block_reference",
-           "flush_block_reference"]
+__all__ = ["SOURCE", "red_step_params", "red_step_reference", "load_block_reference", "flush_block_reference"]
 
 SOURCE = r"""
-#include <stdint.h>
-#include <string.h>
-
-typedef float lcsm_vf32 __attribute__((vector_size(32)));
-typedef double lcsm_vf64 __attribute__((vector_size(32)));
-static inline lcsm_vf32 lcsm_ld_f32(const float* p) { lcsm_vf32 v; memcpy(&v, p, sizeof v); return v; }
-static inline lcsm_vf64 lcsm_ld_f64(const double* p) { lcsm_vf64 v; memcpy(&v, p, sizeof v); return v; }
-static inline void lcsm_add_f32(float* p, lcsm_vf32 v) { lcsm_vf32 o; memcpy(&o, p, sizeof o); o += v; memcpy(p, &o, sizeof o); }
-static inline void lcsm_add_f64(double* p, lcsm_vf64 v) { lcsm_vf64 o; memcpy(&o, p, sizeof o); o += v; memcpy(p, &o, sizeof o); }
-
 #define CT 64  /* channel tile of the transposes: CT rows of the time-last state in flight */
 
 #define DEFINE(T, S, V)                                                                       \
@@ -127,78 +112,7 @@ void lcsm_flush_block_##S(const T* restrict blk, T* restrict hist, int64_t start
 
 DEFINE(float, f32, lcsm_vf32)
 DEFINE(double, f64, lcsm_vf64)
-
-/* Direct tile on the time-last state: acc[b, c, t0 + i] += sum_{m < U} hist[b, c, s0 + m] *
-   k[c, U + i - m] for i < n (n <= U). Per row, outputs go in chunks of 4 vectors held in
-   registers, with two interleaved sums over m (8 independent FMA chains); the k reads stay
-   within k[c, 1 .. U + n - 1], which the caller guarantees is inside the row. GCC/clang vector
-   extensions: 32-byte vectors, unaligned loads through memcpy. */
-#define DEFINE_DIRECT(T, S, V)                                                                \
-void lcsm_direct_tile_##S(const T* restrict hist, T* restrict acc, const T* restrict k,       \
-                          int64_t s0, int64_t t0, int64_t U, int64_t n, int64_t B, int64_t C, \
-                          int64_t L, int64_t K) {                                             \
-  enum { W = (int)(sizeof(V) / sizeof(T)) };                                                  \
-  for (int64_t b = 0; b < B; ++b)                                                             \
-    for (int64_t c = 0; c < C; ++c) {                                                         \
-      const T* restrict a = hist + (b * C + c) * L + s0;                                      \
-      T* restrict o = acc + (b * C + c) * L + t0;                                             \
-      const T* restrict kk = k + c * K + U;                                                   \
-      if (c + 2 < C) {            /* rows are far apart: fetch the row after next early */    \
-        const int64_t q = (b * C + c + 2) * L;                                                \
-        for (int64_t j = 0; j < U; j += 64 / (int64_t)sizeof(T)) {                            \
-          __builtin_prefetch(hist + q + s0 + j, 0, 1);                                        \
-          __builtin_prefetch(acc + q + t0 + j, 1, 1);                                         \
-        }                                                                                     \
-        for (int64_t j = 0; j < U + n; j += 64 / (int64_t)sizeof(T))                          \
-          __builtin_prefetch(k + (c + 2) * K + j, 0, 1);                                      \
-      }                                                                                       \
-      int64_t i0 = 0;                                                                         \
-      for (; i0 + 4 * W <= n; i0 += 4 * W) {                                                  \
-        V p0 = {0}, p1 = {0}, p2 = {0}, p3 = {0}, q0 = {0}, q1 = {0}, q2 = {0}, q3 = {0};    \
-        int64_t m = 0;                                                                        \
-        for (; m + 1 < U; m += 2) {                                                           \
-          const T x = a[m], y = a[m + 1];                                                     \
-          const T* kr = kk + i0 - m;                                                          \
-          const T* ks = kr - 1;                                                               \
-          p0 += x * lcsm_ld_##S(kr);         q0 += y * lcsm_ld_##S(ks);                       \
-          p1 += x * lcsm_ld_##S(kr + W);     q1 += y * lcsm_ld_##S(ks + W);                   \
-          p2 += x * lcsm_ld_##S(kr + 2 * W); q2 += y * lcsm_ld_##S(ks + 2 * W);               \
-          p3 += x * lcsm_ld_##S(kr + 3 * W); q3 += y * lcsm_ld_##S(ks + 3 * W);               \
-        }                                                                                     \
-        for (; m < U; ++m) {                                                                  \
-          const T x = a[m];                                                                   \
-          const T* kr = kk + i0 - m;                                                          \
-          p0 += x * lcsm_ld_##S(kr);     p1 += x * lcsm_ld_##S(kr + W);                       \
-          p2 += x * lcsm_ld_##S(kr + 2 * W); p3 += x * lcsm_ld_##S(kr + 3 * W);               \
-        }                                                                                     \
-        lcsm_add_##S(o + i0, p0 + q0);         lcsm_add_##S(o + i0 + W, p1 + q1);             \
-        lcsm_add_##S(o + i0 + 2 * W, p2 + q2); lcsm_add_##S(o + i0 + 3 * W, p3 + q3);         \
-      }                                                                                       \
-      for (; i0 + W <= n; i0 += W) {                                                          \
-        V p0 = {0}, q0 = {0};                                                                 \
-        int64_t m = 0;                                                                        \
-        for (; m + 1 < U; m += 2) {                                                           \
-          p0 += a[m] * lcsm_ld_##S(kk + i0 - m);                                              \
-          q0 += a[m + 1] * lcsm_ld_##S(kk + i0 - m - 1);                                      \
-        }                                                                                     \
-        for (; m < U; ++m) p0 += a[m] * lcsm_ld_##S(kk + i0 - m);                             \
-        lcsm_add_##S(o + i0, p0 + q0);                                                        \
-      }                                                                                       \
-      for (; i0 < n; ++i0) {                                                                  \
-        T t = 0;                                                                              \
-        for (int64_t m = 0; m < U; ++m) t += a[m] * kk[i0 - m];                               \
-        o[i0] += t;                                                                           \
-      }                                                                                       \
-    }                                                                                         \
-}
-
-DEFINE_DIRECT(float, f32, lcsm_vf32)
-DEFINE_DIRECT(double, f64, lcsm_vf64)
 """
-
-_P = ctypes.c_void_p
-_I = ctypes.c_int64
-
 
 def red_step_reference(u, hist_row, acc_tail, k_head, acc_row, dtype=None):
     """Torch reference of ``red_step`` (views of one member and row ``r``); the output in
@@ -228,36 +142,3 @@ def red_step_params(blk_hist: torch.Tensor, blk_acc: torch.Tensor, kb: torch.Ten
     block, B, C = blk_hist.shape
     return torch.tensor([blk_hist.data_ptr(), blk_acc.data_ptr(), kb.data_ptr(), block, B, C, c0, n],
                         dtype=torch.int64)
-
-
-class RedCellKernels:
-    """The loaded kernels for one dtype (fp32 or fp64). Callers pass contiguous CPU tensors of
-    that dtype and in-range indices; nothing is checked here (the engine checks once)."""
-
-    def __init__(self, lib: ctypes.CDLL, dtype: torch.dtype):
-        s = {torch.float32: "f32", torch.float64: "f64"}[dtype]
-        self.dtype = dtype
-        self.red_step = getattr(lib, f"lcsm_red_step_{s}")
-        self.red_step.argtypes = [_P, _P, _P, _I]
-        self.red_step.restype = None
-        self.load_block = getattr(lib, f"lcsm_load_block_{s}")
-        self.load_block.argtypes = [_P, _P, _I, _I, _I, _I, _I]
-        self.load_block.restype = None
-        self.flush_block = getattr(lib, f"lcsm_flush_block_{s}")
-        self.flush_block.argtypes = [_P, _P, _I, _I, _I, _I, _I]
-        self.flush_block.restype = None
-        self.direct_tile = getattr(lib, f"lcsm_direct_tile_{s}")
-        self.direct_tile.argtypes = [_P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I]
-        self.direct_tile.restype = None
-
-
-def kernels_for(dtype: torch.dtype, device: torch.device) -> tuple[Optional[RedCellKernels], str]:
-    """Capability check: the native kernels for ``dtype`` on ``device``, or ``(None, reason)``."""
-    if torch.device(device).type != "cpu":
-        return None, f"native red-cell kernels are CPU kernels (device {device})"
-    if dtype not in (torch.float32, torch.float64):
-        return None, f"native red-cell kernels take fp32/fp64 (compute dtype {dtype})"
-    ok, why = native.available(SOURCE, "red_cells")
-    if not ok:
-        return None, why
-    return RedCellKernels(native.load_library(SOURCE, "red_cells"), dtype), ""

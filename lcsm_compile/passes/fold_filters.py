@@ -15,8 +15,8 @@ once from an input of length ``max_len``:
 Prefix consistency is checked, not assumed: the same values are computed at every length in
 ``check_lengths``; a value with a time dim must equal the ``max_len`` value cut to that length,
 and a value without one must not change. Anything else (a filter normalized by the total
-length, ``linspace(0, 1, L)`` positions, ...) raises ``UnsupportedModelError`` naming the op,
-its source line and the reason.
+length, ``linspace(0, 1, L)`` positions, ...) is a refusal in ``Folded.refusals`` naming the
+op, its source line and the reason (nothing raises).
 """
 
 from __future__ import annotations
@@ -27,8 +27,8 @@ from typing import Callable, Dict, List, Optional, Sequence
 import torch
 import torch.fx as fx
 
-from ..errors import UnsupportedModelError
-from .graph_utils import LONG_CONV, is_tensor_node, subgraph_module
+from ..report import Refusal
+from .common import LONG_CONV, is_tensor_node, op_name, subgraph_module, user_code, user_source
 
 __all__ = ["Folded", "fold_filters", "frontier"]
 
@@ -44,6 +44,7 @@ class Folded:
     tables: Dict[str, tuple]              # frontier node name -> (value at max_len, time dim)
     constants: Dict[str, torch.Tensor]    # frontier node name -> value (no time dim)
     checked_lengths: List[int]
+    refusals: List[Refusal] = dataclasses.field(default_factory=list)
 
 
 def _cls(analysis, n: fx.Node) -> str:
@@ -62,12 +63,6 @@ def frontier(gm: fx.GraphModule, analysis) -> List[fx.Node]:
         if any(u.op == "output" or _cls(analysis, u) not in _FOLDABLE for u in n.users):
             out.append(n)
     return out
-
-
-def _source(n: fx.Node) -> Optional[str]:
-    st = n.meta.get("stack_trace") or ""
-    lines = [ln.strip() for ln in st.strip().splitlines() if ln.strip().startswith("File ")]
-    return lines[-1][5:] if lines else None
 
 
 def _time_dim(n, analysis, k_nodes, v_full, v_probe, max_len) -> Optional[int]:
@@ -107,6 +102,7 @@ def fold_filters(gm: fx.GraphModule, analysis, make_input: Callable[[int], torch
             tables[n.name] = (v, td)
         else:
             constants[n.name] = v
+    refusals: List[Refusal] = []
     for L in lengths:
         with torch.no_grad():
             part = sub(make_input(L))
@@ -120,11 +116,13 @@ def fold_filters(gm: fx.GraphModule, analysis, make_input: Callable[[int], torch
                 ok = bool(((want - v_L).abs().max() <= 1e-4 * scale).item()) if v_L.numel() else True
             elif ok:
                 ok = torch.equal(want, v_L)
-            if not ok:
+            if not ok and not any(r.node == n.name for r in refusals):
                 what = "the filter" if n in k_nodes else "this value"
-                raise UnsupportedModelError(
+                at = k_nodes.get(n, n)  # a filter is reported at its convolution's line
+                refusals.append(Refusal(
+                    op_name(at) if at.op == "call_function" else str(at.target), user_source(at),
                     f"not prefix consistent: {what} computed for length {L} differs from the one "
                     f"computed for max_len={max_len} cut to {L} (it depends on the total length, "
                     f"e.g. positions from linspace(0, 1, L) or a normalization by L)",
-                    op=str(n.target), source=_source(n))
-    return Folded(max_len, filters, tables, constants, lengths)
+                    n.name, user_code(at)))
+    return Folded(max_len, filters, tables, constants, lengths, refusals)

@@ -1,6 +1,7 @@
 """groups: the mixer dependency DAG and the cross-layer parallel groups.
 
-Contract: ``plan_groups(gm, shapes) -> GroupPlan`` is a pure function. ``shapes`` maps each
+Contract: ``plan_groups(gm, shapes) -> GroupPlan`` is a pure function; ``record_shapes(gm, x)``
+runs ``gm`` once on ``x`` and returns the ``shapes`` it needs. ``shapes`` maps each
 ``lcsm`` op node name to ``(lead_shape, channels, dtype, device)`` of its input ``u`` (``u`` is
 ``[*lead, C, L]``; ``lead`` flattens into the engine's batch).
 
@@ -24,9 +25,9 @@ import networkx as nx
 import torch
 import torch.fx as fx
 
-from .graph_utils import LONG_CONV, SHORT_CONV
+from .common import LONG_CONV, SHORT_CONV
 
-__all__ = ["Group", "GroupPlan", "plan_groups"]
+__all__ = ["Group", "GroupPlan", "plan_groups", "record_shapes"]
 
 
 @dataclasses.dataclass
@@ -54,6 +55,8 @@ class Group:
 
 @dataclasses.dataclass
 class GroupPlan:
+    """The mixer DAG, each mixer's depth, and the groups (module doc)."""
+
     dag: nx.DiGraph
     depth: Dict[str, int]
     groups: List[Group]
@@ -84,7 +87,6 @@ def plan_groups(gm: fx.GraphModule, shapes: Dict[str, Tuple[tuple, int, torch.dt
             for a in data_anc:
                 dag.add_edge(a.name, n.name)
         near[n] = anc
-    assert nx.is_directed_acyclic_graph(dag)
     depth: Dict[str, int] = {}
     for name in nx.topological_sort(dag):
         preds = list(dag.predecessors(name))
@@ -104,3 +106,27 @@ def plan_groups(gm: fx.GraphModule, shapes: Dict[str, Tuple[tuple, int, torch.dt
         g.slices[n.name] = slice(start, start + C)
         g.depths[n.name] = depth[n.name]
     return GroupPlan(dag, depth, list(groups.values()))
+
+
+class _ShapeRecorder(fx.Interpreter):
+    """Runs ``gm`` once and records the input shape/dtype/device of every lcsm op."""
+
+    def __init__(self, gm):
+        super().__init__(gm)
+        self.shapes: Dict[str, tuple] = {}
+
+    def run_node(self, n):
+        out = super().run_node(n)
+        if n.op == "call_function" and n.target in (LONG_CONV, SHORT_CONV):
+            u = self.env[n.args[0]]
+            self.shapes[n.name] = (tuple(u.shape[:-2]), u.shape[-2], u.dtype, u.device)
+        return out
+
+
+def record_shapes(gm: fx.GraphModule, x: torch.Tensor) -> Dict[str, Tuple[tuple, int, torch.dtype, torch.device]]:
+    """``{lcsm op node name: (lead shape, channels, dtype, device)}`` of each op's input ``u``,
+    from one run of ``gm`` on ``x`` (whose batch is the program's)."""
+    rec = _ShapeRecorder(gm)
+    with torch.no_grad():
+        rec.run(x)
+    return rec.shapes

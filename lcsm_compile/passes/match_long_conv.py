@@ -103,9 +103,9 @@ def match_long_convs(gm: fx.GraphModule, ta: TimeAxis, data_dep: Set[str]) -> Li
                 break
         fft_dim = n.args[1][-1] % val(n).dim()
         n_expr = size_exprs(n)[fft_dim]
-        if ta.symbolic and n_expr.is_Integer:  # a fixed FFT size (e.g. 2 * l_max): causal only
-            ta.bounds.add((int(n_expr) + 1) // 2)  # for 2L - 1 <= n
-        r = Region("long", n, us[0] if len(us) == 1 else None, y, [], fft_size=n_expr)
+        # a fixed FFT size (e.g. 2 * l_max) is causal only for 2L - 1 <= n
+        bound = (int(n_expr) + 1) // 2 if ta.symbolic and n_expr.is_Integer else None
+        r = Region("long", n, us[0] if len(us) == 1 else None, y, [], fft_size=n_expr, bound=bound)
         if len(us) != 1:
             r.problem = (f"the FFT product involves {len(us)} input-dependent signals "
                          "(not a convolution with a fixed filter)") if us else \

@@ -54,6 +54,8 @@ class Region:
     k_origin: str = ""
     #: dim 0 of ``u`` is the batch whatever the symbols say (``aten.convolution``'s layout)
     batch_dim0: bool = False
+    #: the largest length the match holds for (a fixed FFT size ``n``: ``2L - 1 <= n``)
+    bound: Optional[int] = None
 
 
 def canon_perm(ndim: int, tdim: int) -> List[int]:

@@ -1,21 +1,21 @@
 """step_graph: the prefill and one-position step programs of a lowered graph.
 
-Contract: both builders are pure functions of ``(gm, analysis, folded, bindings)`` returning a
-new ``GraphModule``; ``gm`` is not changed. ``bindings`` maps each ``lcsm`` op node name to
-the callable that replaces it (the runtime's stateful members); this pass knows nothing
-about state.
+Contract: both builders are pure functions of ``(gm, folded)`` returning a new
+``GraphModule``; ``gm`` is not changed. This pass knows nothing about state: every ``lcsm`` op
+becomes a call of a :class:`Slot` (the op's node name and ``"prefill"`` or ``"step"``), which
+the runtime binds to its stateful member (:func:`bind_slots`); an unbound slot raises.
 
-``build_prefill_graph``: ``gm`` with every ``long_conv(u, k)`` -> ``bind[node].prefill(u)`` and
-``short_conv(u, w, b)`` -> ``bind[node].prefill(u)``; the filter generators become dead code
-(the runtime holds the filters folded at ``max_len``) and are removed. Signature ``(x)``.
+``build_prefill_graph``: ``gm`` with every ``long_conv(u, k)`` / ``short_conv(u, w, b)`` ->
+``Slot(node, "prefill")(u)``; the filter generators become dead code (the runtime holds the
+filters folded at ``max_len``) and are removed. Signature ``(x)``.
 
 ``build_step_graph``: the program for ONE position, signature ``(x_t, pos)`` with ``x_t`` of
 length 1 and ``pos`` a ``LongTensor [1]`` holding the absolute position:
 
 * frontier values (see ``fold_filters``) become constants: tables with a time dim are read at
   ``pos`` (``index_select`` along their time dim), the rest are used as they are;
-* ``long_conv`` -> ``bind[node].step(u)`` (the online engine's diagonal for that member),
-  ``short_conv`` -> ``bind[node].step(u)`` (a ring buffer);
+* ``long_conv`` / ``short_conv`` -> ``Slot(node, "step")(u)`` (bound to the online engine's
+  diagonal for that member / a ring buffer);
 * every other node is copied: position-wise ops run at length 1 because every size is read
   from the input (``sym_size``) at run time;
 * dead code (filter generators, positional features) is removed.
@@ -24,29 +24,54 @@ The model's Python code is never run again: only these graphs are.
 
 from __future__ import annotations
 
-from typing import Callable, Dict
+import copy
+from typing import Any, Dict
 
 import torch
 import torch.fx as fx
 
+from .common import LONG_CONV, SHORT_CONV
 from .fold_filters import Folded
-from .graph_utils import LONG_CONV, SHORT_CONV
 
-__all__ = ["build_prefill_graph", "build_step_graph"]
+__all__ = ["Slot", "build_prefill_graph", "build_step_graph", "bind_slots"]
+
+
+class Slot:
+    """A stateful call the runtime binds: ``member(node name).<mode>(u)``."""
+
+    def __init__(self, name: str, mode: str):
+        self.name, self.mode = name, mode
+        self.__name__ = f"{mode}_{name}"  # how FX prints the call
+
+    def __call__(self, *args: Any) -> Any:
+        raise RuntimeError(f"slot {self.mode}({self.name}) is not bound to a runtime member")
+
+    def __repr__(self) -> str:
+        return f"Slot({self.name!r}, {self.mode!r})"
+
+
+def bind_slots(gm: fx.GraphModule, members: Dict[str, Any]) -> fx.GraphModule:
+    """A copy of ``gm`` (sharing its constants) whose slots call ``members[name].<mode>``."""
+    g = copy.deepcopy(gm.graph)
+    for n in g.nodes:
+        if n.op == "call_function" and isinstance(n.target, Slot):
+            n.target = getattr(members[n.target.name], n.target.mode)
+    out = fx.GraphModule(gm, g)
+    out.recompile()
+    return out
 
 
 class _Holder(torch.nn.Module):
     """Owns the folded constants of a step graph (as buffers, so ``.to()`` moves them)."""
 
 
-def build_prefill_graph(gm: fx.GraphModule, bindings: Dict[str, object]) -> fx.GraphModule:
-    """The prefill program: ``gm`` with the convolutions replaced by ``bindings[name].prefill``."""
+def build_prefill_graph(gm: fx.GraphModule) -> fx.GraphModule:
+    """The prefill program: ``gm`` with the convolutions replaced by prefill slots."""
     g = fx.Graph()
     env: Dict[fx.Node, fx.Node] = {}
     for n in gm.graph.nodes:
         if n.op == "call_function" and n.target in (LONG_CONV, SHORT_CONV):
-            member = bindings[n.name]
-            new = g.call_function(member.prefill, (env[n.args[0]],))
+            new = g.call_function(Slot(n.name, "prefill"), (env[n.args[0]],))
             new.meta = dict(n.meta)
             env[n] = new
             continue
@@ -57,7 +82,7 @@ def build_prefill_graph(gm: fx.GraphModule, bindings: Dict[str, object]) -> fx.G
     return out
 
 
-def build_step_graph(gm: fx.GraphModule, folded: Folded, bindings: Dict[str, object]) -> fx.GraphModule:
+def build_step_graph(gm: fx.GraphModule, folded: Folded) -> fx.GraphModule:
     """The one-position step program (see the module docstring); signature ``(x_t, pos)``."""
     holder = _Holder()
     for name, sub in gm.named_children():
@@ -93,7 +118,7 @@ def build_step_graph(gm: fx.GraphModule, folded: Folded, bindings: Dict[str, obj
             env[n] = const(folded.constants[n.name], n.name)
             continue
         if n.op == "call_function" and n.target in (LONG_CONV, SHORT_CONV):
-            new = g.call_function(bindings[n.name].step, (env[n.args[0]],))
+            new = g.call_function(Slot(n.name, "step"), (env[n.args[0]],))
             new.meta = dict(n.meta)
             env[n] = new
             continue

@@ -36,7 +36,7 @@ from .common import op_name, size_exprs, to_expr, val
 
 aten = torch.ops.aten
 
-__all__ = ["NodeClass", "NodeInfo", "Analysis", "TimeAxis", "classify", "data_dependent"]
+__all__ = ["NodeClass", "NodeInfo", "Analysis", "TimeAxis", "classify", "data_dependent", "length_bound"]
 
 
 class NodeClass(str, enum.Enum):
@@ -48,49 +48,49 @@ class NodeClass(str, enum.Enum):
     UNSUPPORTED = "UNSUPPORTED"
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class NodeInfo:
-    """Per-node result. ``expr``: the sympy value of SymInt nodes (sizes such as ``L``, ``2*L``)."""
+    """Per-node result: the class, the time dim of the value (None: no time dim), and for
+    UNSUPPORTED nodes the reason."""
 
     cls: NodeClass
     time_dim: Optional[int] = None
     reason: Optional[str] = None
-    fft_dims: tuple = ()
-    expr: Optional[sympy.Expr] = None
 
 
-@dataclasses.dataclass
+def _is_min_of_time(x: Any, L: sympy.Symbol) -> bool:
+    return type(x).__name__ == "Min" and L in x.args and all(a == L or a.is_number for a in x.args)
+
+
+@dataclasses.dataclass(frozen=True)
 class TimeAxis:
-    """The length: ``symbol`` (sympy Symbol, or Integer for a static graph) and the batch."""
+    """The length: ``symbol`` (sympy Symbol, or Integer for a static graph) and the batch.
+
+    Frozen: reading an expression never changes it. ``Min(L, c)`` is read as ``L``; the bounds
+    ``L <= c`` that reading assumes are collected separately by :func:`length_bound`.
+    """
 
     symbol: sympy.Expr
     batch: Optional[sympy.Expr] = None
-    #: upper bounds ``c`` assumed by reading ``Min(L, c)`` as ``L`` (e.g. ``min(L, l_max)``)
-    bounds: set = dataclasses.field(default_factory=set)
 
     @property
     def symbolic(self) -> bool:
         return isinstance(self.symbol, sympy.Symbol)
 
-    @property
-    def max_len(self) -> Optional[int]:
-        """The largest length the analysis is valid for (None: any)."""
-        return min(self.bounds) if self.bounds else None
-
     def normalize(self, e: Any) -> Any:
-        """``e`` with ``Min(L, c)`` read as ``L`` (recording the bound ``L <= c``)."""
+        """``e`` with ``Min(L, c)`` read as ``L``."""
         if not self.symbolic or not isinstance(e, sympy.Expr) or not e.has(self.symbol):
             return e
         L = self.symbol
+        return e.replace(lambda x: _is_min_of_time(x, L), lambda x: L)
 
-        def q(x):
-            return type(x).__name__ == "Min" and L in x.args and \
-                all(a == L or a.is_number for a in x.args)
-
-        def v(x):
-            self.bounds.add(int(min(a for a in x.args if a.is_number)))
-            return L
-        return e.replace(q, v)
+    def min_bounds(self, e: Any) -> set:
+        """The constants ``c`` of every ``Min(L, c)`` in ``e`` (the bounds ``L <= c`` that
+        :meth:`normalize` assumes for it)."""
+        if not self.symbolic or not isinstance(e, sympy.Expr) or not e.has(self.symbol):
+            return set()
+        L = self.symbol
+        return {int(min(a for a in x.args if a.is_number)) for x in e.find(lambda x: _is_min_of_time(x, L))}
 
     def has_time(self, e: sympy.Expr) -> bool:
         e = self.normalize(e)
@@ -121,7 +121,7 @@ class TimeAxis:
         return [] if s is None else [i for i, e in enumerate(s) if self.has_time(e)]
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Analysis:
     """``info[node name] -> NodeInfo`` for every node of the graph, plus the symbols."""
 
@@ -131,9 +131,6 @@ class Analysis:
 
     def __getitem__(self, node: Union[fx.Node, str]) -> NodeInfo:
         return self.info[node.name if isinstance(node, fx.Node) else node]
-
-    def of_class(self, cls: NodeClass) -> List[str]:
-        return [k for k, v in self.info.items() if v.cls == cls]
 
     def unsupported(self) -> Dict[str, NodeInfo]:
         return {k: v for k, v in self.info.items() if v.cls == NodeClass.UNSUPPORTED}
@@ -364,11 +361,9 @@ def classify(gm: fx.GraphModule, ta: TimeAxis, data_inputs: Sequence[str],
         v = val(n)
         if isinstance(v, (torch.SymInt, int, float, bool, torch.SymFloat, torch.SymBool)) and \
                 n.op != "placeholder":
-            e = v.node.expr if isinstance(v, (torch.SymInt, torch.SymFloat, torch.SymBool)) else None
-            info[n.name] = NodeInfo(NodeClass.TIME_INVARIANT, expr=e)
+            info[n.name] = NodeInfo(NodeClass.TIME_INVARIANT)
             continue
         tds = ta.time_dims(n) if isinstance(v, torch.Tensor) else []
-        ffts = tuple(i for i, e in enumerate(size_exprs(n) or []) if ta.is_fft(e))
         td = tds[0] if len(tds) == 1 else None
         if n.op == "placeholder":
             cls = NodeClass.POINTWISE if n.name in data_inputs else NodeClass.TIME_INVARIANT
@@ -391,7 +386,7 @@ def classify(gm: fx.GraphModule, ta: TimeAxis, data_inputs: Sequence[str],
             continue
         if n.name not in dep:
             if filter_only.get(n, False) or not tds:
-                info[n.name] = NodeInfo(NodeClass.TIME_INVARIANT, None, fft_dims=ffts)
+                info[n.name] = NodeInfo(NodeClass.TIME_INVARIANT, None)
                 continue
             if n.target in (aten.arange.start_step, aten.arange.default, aten.arange.start):
                 info[n.name] = NodeInfo(NodeClass.TIME_SOURCE, td)
@@ -408,8 +403,21 @@ def classify(gm: fx.GraphModule, ta: TimeAxis, data_inputs: Sequence[str],
                 continue
         ok, r = _per_position(n, ta)
         if ok:
-            info[n.name] = NodeInfo(NodeClass.POINTWISE, r, fft_dims=ffts)
+            info[n.name] = NodeInfo(NodeClass.POINTWISE, r)
         else:
             reason = region_reasons.get(n.name, r)
-            info[n.name] = NodeInfo(NodeClass.UNSUPPORTED, td, reason=reason, fft_dims=ffts)
+            info[n.name] = NodeInfo(NodeClass.UNSUPPORTED, td, reason=reason)
     return Analysis(info, ta.symbol, ta.batch)
+
+
+def length_bound(ta: TimeAxis, graphs: Iterable[fx.GraphModule]) -> Optional[int]:
+    """The largest length the analysis of ``graphs`` holds for: the smallest ``c`` of every
+    ``Min(L, c)`` in a size of any node (None: any length)."""
+    bounds: set = set()
+    for gm in graphs:
+        for n in gm.graph.nodes:
+            v = val(n)
+            exprs = size_exprs(n) or ([to_expr(v)] if isinstance(v, torch.SymInt) else [])
+            for e in exprs:
+                bounds |= ta.min_bounds(e)
+    return min(bounds) if bounds else None

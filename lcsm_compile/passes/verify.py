@@ -14,7 +14,7 @@ length and, at each region's ``u``, the value is replaced by
 4. an impulse at ``t = L - 1`` -> ``y_last`` (used to explain failures).
 
 Long regions: the filter the region actually uses is ``k = canon(y_imp - y_zero)[0]`` and the
-region must equal ``lcsm_compile.reference.causal_conv_fft(canon(u_rand), k)`` (in fp64) within
+region must equal ``lcsm_compile.ops.causal_conv_fft(canon(u_rand), k)`` (in fp64) within
 ``tol`` (relative to the largest output). Short regions: the region must equal
 ``lcsm::short_conv`` with the conv's own weight and bias. A circular FFT conv (``n = L``), a
 bidirectional or "same"-padded conv, a future shift or a time flip fails this test, and the
@@ -30,7 +30,7 @@ import torch
 import torch.fx as fx
 import torch.nn.functional as F
 
-from ..reference import causal_conv_fft
+from ..ops import causal_conv_fft
 from .common import ProbeInterpreter, probe_threads
 from .region import Region, batch_in_front, canon_eager, uncanon_eager
 from .time_axis import TimeAxis

@@ -1,66 +1,23 @@
-"""Streaming sessions: exact prefill + one-position steps of an unmodified model.
+"""The streaming session: a program with a position, input checks, and pause / resume.
 
     sess = lcsm_compile.session(model, example=prompt, max_len=8192)
     y = sess.prefill(prompt)      # outputs for every prompt position, same structure as model(prompt)
     y_t = sess.step(x_next)       # output for the next position ([B, 1] ids or [B, 1, Din])
 
-The model is lowered once (``pipeline.lower``), its time-invariant parts (filters, position
-tables) are folded at ``max_len`` after a prefix-consistency check, and every long
-convolution runs on the online engine; the model's Python code is not run per token.
+Made by :func:`lcsm_compile.session` (``api.py``) from an instantiated
+:class:`~lcsm_compile.runtime.program.StreamProgram`. Wrong use (shape, dtype, device, batch,
+past ``max_len``) raises :class:`~lcsm_compile.SessionError` and leaves the session usable.
 """
 
 from __future__ import annotations
 
-import weakref
 from typing import Any, Optional
 
 import torch
 
-from .errors import SessionError, UnsupportedModelError
+from ..errors import SessionError
 
-__all__ = ["Session", "session", "DEFAULT_OPTIONS"]
-
-#: options understood by ``session``/``generate``/the backend (same names everywhere)
-DEFAULT_OPTIONS = {"max_len": None, "kernels": "auto", "compile_step": False, "debug_dir": None,
-                   "engine": "online", "engine_options": None}
-
-_LOWERED: "weakref.WeakKeyDictionary" = weakref.WeakKeyDictionary()
-
-
-def _fingerprint(model: torch.nn.Module) -> tuple:
-    """Changes when a parameter or buffer of the model is replaced or written in place."""
-    return tuple((id(t), t._version) for t in list(model.parameters()) + list(model.buffers()))
-
-
-def _lowered(model: Any, example: torch.Tensor, debug_dir: Optional[str] = None, max_len: Optional[int] = None):
-    """``pipeline.lower`` cached per model (weakly), input signature and ``max_len``;
-    recomputed when the model's weights change."""
-    from .capture import unwrap_model
-    from .pipeline import lower
-
-    mod = unwrap_model(model)
-    key = (example.dtype, example.device, example.dim(), tuple(example.shape[2:]), max_len)
-    fp = _fingerprint(mod) if isinstance(mod, torch.nn.Module) else None
-    try:
-        cache = _LOWERED.setdefault(mod, {})
-    except TypeError:
-        cache = {}
-    hit = cache.get(key)
-    if hit is not None and hit[0] == fp and debug_dir is None:
-        return hit[1]
-    low = lower(mod, example, debug_dir=debug_dir, max_len=max_len)
-    cache[key] = (fp, low)
-    return low
-
-
-def _refuse(low) -> UnsupportedModelError:
-    first = low.refusals[0]
-    err = first.error()
-    if len(low.refusals) > 1:
-        more = "; ".join(f"{r.reason} ({r.op} at {r.source})" for r in low.refusals[1:4])
-        err = UnsupportedModelError(f"{first.reason} (and {len(low.refusals) - 1} more: {more})",
-                                    op=first.op, source=first.source)
-    return err
+__all__ = ["Session"]
 
 
 class Session:
@@ -180,46 +137,3 @@ class Session:
         """Which kernels the long convolutions run on, and why (from the engines)."""
         notes = sorted({getattr(e, "kernel_note", "torch ops") for e in self.program.engines})
         return "; ".join(notes) if notes else "no long convolutions"
-
-
-def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, **options: Any) -> Session:
-    """A streaming session for ``model_or_compiled`` (a plain module or its ``torch.compile`` result).
-
-    Args:
-        example: a prompt-shaped input ([B, P] ids or [B, P, Din]); fixes the batch size,
-            dtype, device and input kind of the session (its values are not consumed).
-        max_len: the most positions the session can hold (prompt + generated).
-        options: ``compile_step`` (bool, compile the step program with Inductor),
-            ``engine`` ("online" | "lazy" | "eager": the long-conv algorithm; the last two are
-            the benchmark baselines), ``engine_options`` (e.g. ``{"block": 16}``),
-            ``debug_dir`` (write each compiler stage's graph there), ``kernels`` ("auto": the
-            engine's fused native CPU kernels where a C compiler builds them, else torch ops;
-            "torch": torch ops only; "triton" is reserved for GPU kernels and not available
-            in this version).
-    Raises:
-        UnsupportedModelError: the model cannot be streamed exactly; names the op, its source
-            line and the reason.
-    """
-    unknown = set(options) - set(DEFAULT_OPTIONS)
-    if unknown:
-        raise TypeError(f"unknown option(s) {sorted(unknown)}; known: {sorted(DEFAULT_OPTIONS)}")
-    opts = {**DEFAULT_OPTIONS, **options}
-    if not isinstance(example, torch.Tensor) or example.dim() < 2:
-        raise SessionError("example must be a [B, L] or [B, L, Din] tensor")
-    if max_len is None or int(max_len) < 1:
-        raise SessionError(f"max_len must be >= 1, got {max_len}")
-    if opts["kernels"] not in ("auto", "torch"):
-        raise SessionError(f"kernels={opts['kernels']!r} is not available: this version has 'auto' (native CPU "
-                           f"kernels where they build, else torch) and 'torch'")
-    from .runtime import build_program
-
-    ex = example if example.shape[1] >= 2 else example.repeat(*([1, 2] + [1] * (example.dim() - 2)))
-    low = _lowered(model_or_compiled, ex, opts["debug_dir"], int(max_len))
-    if not low.streamable:
-        raise _refuse(low)
-    if low.valid_range[1] is not None and max_len > low.valid_range[1]:
-        raise SessionError(f"max_len={max_len} is longer than the model supports ({low.valid_range[1]} positions)")
-    prog = build_program(low, int(max_len), example.shape[0], engine=opts["engine"],
-                         compile_step=bool(opts["compile_step"]), engine_options=opts["engine_options"],
-                         kernels=opts["kernels"])
-    return Session(prog, example)

@@ -1,11 +1,11 @@
-"""Reference oracles for causal long convolutions.
+"""Baseline engines: the other ways to stream a causal long convolution.
 
-These are the ground truth of the test suite and the baselines of ``benchmarks/``. They are
-deliberately simple; each is the best honest version of its algorithm in plain torch.
+They implement the same group-engine protocol as :class:`lcsm_compile.runtime.engine.OnlineConv`
+(:class:`Engine`), so a streaming program can run on any of them (``engine=`` option); they are
+the test oracles of the sessions and the baselines of ``benchmarks/``. Each is the best honest
+version of its algorithm in plain torch. (The full-sequence convolutions, FFT and by
+definition, are in :mod:`lcsm_compile.ops`.)
 
-* :func:`causal_conv_fft` - the full-sequence causal convolution, one FFT of size >= 2L.
-* :func:`causal_conv_direct` - the same by the definition (O(L^2)), for tiny sizes and fp64
-  golden values.
 * :class:`LazyConv` - streaming, activations cached: each new output is a dot product over the
   whole input history (O(t) per step).
 * :class:`EagerConv` - streaming: each new input is pushed into all future outputs
@@ -16,57 +16,43 @@ All use the layout of the engine: inputs ``[B, C, L]`` (time last), filters ``[C
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
-from .errors import SessionError
+from ..errors import SessionError
+from ..ops import causal_conv_fft, compute_dtype
 
-__all__ = ["causal_conv_fft", "causal_conv_direct", "LazyConv", "EagerConv", "compute_dtype"]
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The dtype convolutions are computed in: fp64 stays fp64, everything else is fp32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
+__all__ = ["Engine", "LazyConv", "EagerConv", "NullConv"]
 
 
-def _fft_size(n: int) -> int:
-    """Smallest power of two >= n (at least 1)."""
-    return 1 << max(0, (n - 1).bit_length())
+class Engine(Protocol):
+    """The group-engine protocol a streaming program drives (one engine per group).
 
-
-def causal_conv_fft(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Causal convolution along the last dim: ``y[..., c, t] = sum_{s<=t} u[..., c, s] k[c, t-s]``.
-
-    Args:
-        u: ``[..., C, L]`` input.
-        k: ``[C, K]`` filter (zero beyond ``K``), or ``[K]`` shared by all channels.
-    Returns:
-        ``[..., C, L]`` in the dtype of ``u``; computed in fp32 (fp64 for fp64 inputs).
+    A group holds the concatenated channels of several long convolutions ("members"); member
+    ``i`` owns the channel slice ``channels``. Per position: each member's ``diag(u, channels)``
+    as soon as its input is known (layer by layer), then one ``advance()`` for the whole group.
+    ``rollback()`` undoes the ``diag`` calls of a step that failed half-way.
     """
-    L = u.shape[-1]
-    if L == 0:
-        return u.clone()
-    cd = compute_dtype(u.dtype)
-    kk = k[..., :L].to(cd)
-    n = _fft_size(2 * L)
-    U = torch.fft.rfft(u.to(cd), n=n)
-    Kf = torch.fft.rfft(kk, n=n)
-    y = torch.fft.irfft(U * Kf, n=n)[..., :L]
-    return y.to(u.dtype)
 
+    position: int
+    max_len: int
 
-def causal_conv_direct(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """The causal convolution by its definition, O(L^2): the golden value for small tests."""
-    L = u.shape[-1]
-    cd = compute_dtype(u.dtype)
-    kk = torch.zeros(*k.shape[:-1], L, dtype=cd, device=k.device)
-    m = min(L, k.shape[-1])
-    kk[..., :m] = k[..., :m].to(cd)
-    uu = u.to(cd)
-    y = torch.zeros_like(uu)
-    for t in range(L):
-        # sum_{s<=t} u[s] k[t-s]
-        y[..., t] = (uu[..., : t + 1] * kk[..., : t + 1].flip(-1)).sum(-1)
-    return y.to(u.dtype)
+    def prefill_member(self, u: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor: ...
+
+    def finish_prefill(self, P: int) -> None: ...
+
+    def diag(self, u: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor: ...
+
+    def advance(self) -> None: ...
+
+    def reset(self) -> None: ...
+
+    def rollback(self) -> None: ...
+
+    def state_dict(self) -> dict: ...
+
+    def load_state_dict(self, state: dict) -> None: ...
 
 
 class _StreamingBase:
@@ -221,3 +207,37 @@ class EagerConv(_StreamingBase):
         for channels, u in self._pending:
             self.acc[:, channels, t:].addcmul_(u.to(self.acc.dtype)[..., None], self.k[channels, :n], value=-1)
         self._pending = []
+
+
+class NullConv:
+    """A long convolution that costs nothing: ``y = k[0] * u`` (the benchmarks' floor: the
+    model's position-wise work alone; NOT exact)."""
+
+    def __init__(self, k, max_len, batch_size=1, dtype=None, **_):
+        self.k0 = k[:, 0].to(dtype or k.dtype)
+        self.position = 0
+        self.max_len = max_len
+
+    def prefill_member(self, u, channels=slice(None)):
+        return u * self.k0[channels, None]
+
+    def finish_prefill(self, P):
+        self.position = P
+
+    def diag(self, u, channels=slice(None)):
+        return u * self.k0[channels]
+
+    def advance(self):
+        self.position += 1
+
+    def reset(self):
+        self.position = 0
+
+    def rollback(self):
+        pass
+
+    def state_dict(self):
+        return {"position": self.position}
+
+    def load_state_dict(self, s):
+        self.position = s["position"]

@@ -1,4 +1,7 @@
-"""The test model zoo: small long-convolution sequence models, one per idiom of DESIGN.md s4.
+"""The idiom models (the zoo): small long-convolution sequence models, one per DESIGN.md s4 idiom.
+
+They live in ``examples/idioms/`` (package ``examples.idioms``) as examples of the ways such models
+are written, and the tests import them from here (``from examples.idioms import ZOO, get, ...``).
 
 The zoo is the shared ground truth of the compiler front end (``explain`` must find exactly
 ``n_long`` long convs and ``n_short`` short convs, or refuse with a reason containing

@@ -9,25 +9,31 @@ For a group of ``C`` channels and batch ``B`` the engine must choose
 
 Both are chosen by timing the primitives at the group's real shape (median of a few runs)
 and minimizing the predicted amortized time per step. Results are cached per
-``(B, C, dtype, device)`` for the life of the process. Nothing here is a guess: the only
+``(B, C, dtype, device, tile levels, kernels)``, the last 64 keys, for the life of the process. Nothing here is a guess: the only
 constants are the candidate sets and the memory cap on Toeplitz blocks.
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from dataclasses import dataclass, field
 
 import torch
 
-__all__ = ["Plan", "choose_plan", "clear_cache", "DIRECT_MAX_BYTES"]
+from ..codegen import kernels_for, red_cells
+from ..codegen.tiles import direct_tile, fft_tile  # the real primitives, timed as they run
+
+__all__ = ["Plan", "choose_plan", "DIRECT_MAX_BYTES"]
 
 # Largest Toeplitz block the direct primitive may hold per level ([C, U, U] of the compute dtype).
 DIRECT_MAX_BYTES = 64 * 2**20
 _BLOCKS = (1, 2, 4, 8, 16, 32, 64)
 _DIRECT_LEVELS = (1, 2, 4, 8, 16, 32, 64, 128)
 _NATIVE_DIRECT_LEVELS = _DIRECT_LEVELS + (256, 512)
-_cache: dict[tuple, "Plan"] = {}
+#: measured plans, keyed by everything the measurement depends on; least recently used first
+_cache: "OrderedDict[tuple, Plan]" = OrderedDict()
+_CACHE_SIZE = 64
 
 
 @dataclass(frozen=True)
@@ -41,11 +47,6 @@ class Plan:
     def describe(self) -> str:
         """One line for reports: the choices and why."""
         return f"block={self.block} fft_from={self.fft_from} (measured: {len(self.measured)} timings)"
-
-
-def clear_cache() -> None:
-    """Forget all measured plans (tests use it)."""
-    _cache.clear()
 
 
 def _robust_time(fn, reps: int = 9) -> float:
@@ -74,13 +75,11 @@ def choose_plan(batch: int, channels: int, dtype: torch.dtype, device: torch.dev
     device = torch.device(device)
     nk = None
     if native:
-        from .codegen.red_cells import kernels_for
         nk, _ = kernels_for(dtype, device)
     key = (batch, channels, dtype, device.type, max(1, max_tile).bit_length(), nk is not None)
     if key in _cache:
+        _cache.move_to_end(key)
         return _cache[key]
-    from .codegen import red_cells
-    from .engine import direct_tile, fft_tile  # the real primitives, timed as they run
 
     B, C = batch, channels
     itemsize = torch.empty((), dtype=dtype).element_size()
@@ -155,4 +154,6 @@ def choose_plan(batch: int, channels: int, dtype: torch.dtype, device: torch.dev
             best = (cost, blk)
     plan = Plan(block=best[1], fft_from=fft_from, measured=measured)
     _cache[key] = plan
+    while len(_cache) > _CACHE_SIZE:
+        _cache.popitem(last=False)
     return plan

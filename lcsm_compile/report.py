@@ -1,27 +1,88 @@
-"""``lcsm_compile.explain(model_or_compiled, example)``: what the front end found, and why.
+"""Records and reports: what the compiler found, refused and did, and how it is printed.
 
-Returns an :class:`Explanation` (the records of :func:`lcsm_compile.pipeline.lower`):
+Plain data with no compiler logic (every layer may import it):
 
-* ``long_convs`` / ``short_convs`` / ``scans``: :class:`lcsm_compile.pipeline.ConvRecord` - the op,
-  the user's ``file:line`` and code, shapes (``B``, ``L`` symbolic), the filter's origin, the
-  verification result (probe lengths and max relative error);
-* ``refusals``: :class:`lcsm_compile.pipeline.Refusal` - op, ``file:line``, reason;
-* ``groups``: the cross-layer parallel groups (:class:`lcsm_compile.passes.groups.Group`) of a
-  streamable model: long convs that share one engine and one tile launch per step;
-* ``streamable``; ``str()`` is a readable report (rich tables rendered to text).
+* :class:`ConvRecord`: one matched and verified convolution;
+* :class:`Refusal`: why (part of) a model cannot be streamed: op, user's ``file:line``, reason.
+  Passes return refusals as data; only the public entry points raise them
+  (:meth:`Refusal.error`, :func:`refusal_error`);
+* :class:`GraphReport`: what the backend did with one graph;
+* :class:`Explanation`: the result of :func:`lcsm_compile.explain`, ``str()`` a readable report.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import io
-from typing import Any, List, Optional
+from typing import Any, List, Optional, Sequence
 
-import torch
+from .errors import UnsupportedModelError
 
-from .pipeline import ConvRecord, Lowered, Refusal, lower
+__all__ = ["ConvRecord", "Refusal", "GraphReport", "Explanation", "refusal_error"]
 
-__all__ = ["explain", "Explanation"]
+
+@dataclasses.dataclass(frozen=True)
+class ConvRecord:
+    """One matched and verified convolution (what ``explain`` prints).
+
+    ``kind``: "long" | "short" | "scan" (cumsum over time, streamed as a long conv with an
+    all-ones filter). ``node``: name of the ``lcsm`` op node in ``Lowered.gm``. ``op``: the
+    matched op (``aten._fft_c2r``, ``aten.convolution``, ``aten.cumsum``). ``source``:
+    ``file:line`` of the user's code; ``code``: that line. ``u_shape`` / ``k_shape``: shapes in
+    the model's layout (symbolic: ``B``, ``L``) and of the canonical filter. ``filter_origin``:
+    what the filter is computed from. ``verified``: the probe result.
+    """
+
+    kind: str
+    node: str
+    op: str
+    source: Optional[str]
+    code: Optional[str]
+    u_shape: str
+    k_shape: str
+    layout: str
+    filter_origin: str
+    fft_size: Optional[str]
+    verified: str
+    max_err: Optional[float] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class Refusal:
+    """Why (part of) a model cannot be streamed: the op, the user's ``file:line``, the reason."""
+
+    op: Optional[str]
+    source: Optional[str]
+    reason: str
+    node: Optional[str] = None
+    code: Optional[str] = None
+
+    def error(self) -> UnsupportedModelError:
+        """This refusal as the exception the public entry points raise."""
+        return UnsupportedModelError(self.reason, op=self.op, source=self.source)
+
+
+def refusal_error(refusals: Sequence[Refusal]) -> UnsupportedModelError:
+    """One :class:`UnsupportedModelError` for a list of refusals: the first, naming its op and
+    source line, with up to three more summarized."""
+    first = refusals[0]
+    if len(refusals) == 1:
+        return first.error()
+    more = "; ".join(f"{r.reason} ({r.op} at {r.source})" for r in refusals[1:4])
+    return UnsupportedModelError(f"{first.reason} (and {len(refusals) - 1} more: {more})",
+                                 op=first.op, source=first.source)
+
+
+@dataclasses.dataclass
+class GraphReport:
+    """What the backend did with one graph: ``mode`` ("lcsm" | "eager" | "inductor"), why, and
+    the convolutions it rewrote."""
+
+    mode: str
+    reason: str
+    long_convs: int = 0
+    short_convs: int = 0
+    refusals: list = dataclasses.field(default_factory=list)
 
 
 @dataclasses.dataclass
@@ -38,7 +99,7 @@ class Explanation:
     input_kind: str = ""
     valid_range: tuple = (1, None)
     stage_times: dict = dataclasses.field(default_factory=dict)
-    lowered: Optional[Lowered] = dataclasses.field(default=None, repr=False)
+    lowered: Optional[Any] = dataclasses.field(default=None, repr=False)
 
     def errors(self):
         """Every refusal as an :class:`lcsm_compile.UnsupportedModelError`."""
@@ -88,21 +149,3 @@ class Explanation:
         return (f"Explanation(streamable={self.streamable}, long_convs={len(self.long_convs)}, "
                 f"short_convs={len(self.short_convs)}, scans={len(self.scans)}, "
                 f"refusals={len(self.refusals)})")
-
-
-def explain(model_or_compiled: Any, example: torch.Tensor, **options: Any) -> Explanation:
-    """Explain how lcsm-compile sees ``model_or_compiled`` (a module or a ``torch.compile``
-    result) on inputs like ``example``. Never raises for unsupported models: they come back
-    with ``refusals`` filled. ``options`` go to :func:`lcsm_compile.pipeline.lower`."""
-    from .capture import unwrap_model
-
-    low = lower(model_or_compiled, example, **options)
-    mod = unwrap_model(model_or_compiled)
-    groups = list(low.groups)
-    if low.streamable and not groups:
-        from .runtime import group_plan
-
-        groups = group_plan(low, batch_size=example.shape[0]).groups
-    return Explanation(low.long_convs, low.short_convs, low.refusals, groups,
-                       low.scans, low.streamable, type(mod).__name__, low.input_kind,
-                       low.valid_range, dict(low.stage_times), low)

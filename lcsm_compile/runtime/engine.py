@@ -7,9 +7,9 @@ one shared batch. Per channel ``c`` it computes exactly
     y[b, c, t] = sum_{s <= t} u[b, c, s] * k[c, t - s]
 
 one position at a time, in O(L log^2 L) total work instead of O(L^2). The schedule (which
-pairs ``(s, t)`` are computed when) is in :mod:`lcsm_compile.schedule`; the two tile
-primitives (:func:`direct_tile`, :func:`fft_tile`) and the switch between them are measured by
-:mod:`lcsm_compile.cost_model`.
+pairs ``(s, t)`` are computed when) is in :mod:`.schedule`; the kernels (red cells, tiles:
+native where they build, else their torch twins) in :mod:`lcsm_compile.codegen`; the switch
+between direct and FFT tiles and the block size are measured by :mod:`.cost_model`.
 
 State, in the compute dtype (fp32, or fp64 for fp64):
 
@@ -39,50 +39,15 @@ from typing import Optional
 
 import torch
 
+from ..codegen import kernels_for, red_cells
+from ..codegen.native import advise_huge_pages
+from ..codegen.tiles import direct_tile, fft_tile
+from ..errors import SessionError
+from ..ops import compute_dtype
 from . import schedule
-from .codegen import red_cells
-from .codegen.native import advise_huge_pages
 from .cost_model import DIRECT_MAX_BYTES, Plan, choose_plan
-from .errors import SessionError
-from .reference import compute_dtype
 
-__all__ = ["OnlineConv", "direct_tile", "fft_tile"]
-
-# FFT tiles run in channel chunks of about this many bytes of transform buffers: ~4x the L2
-# of this CPU, measured best of 0.5-16 MiB at C = 1024, L = 2^16 (2.6-3x faster than one
-# batched transform at U >= 4096).
-_FFT_CHUNK_BYTES = 4 << 20
-
-
-def direct_tile(a: torch.Tensor, toeplitz: torch.Tensor, out: torch.Tensor, U: int) -> None:
-    """Direct tile primitive: ``out[i] += sum_m a[m] * k[U + i - m]`` per batch and channel.
-
-    Args:
-        a: ``[B, C, U]`` inputs of the tile (a view of the engine's history).
-        toeplitz: ``[C, U, U]`` with ``toeplitz[c, i, m] = k[c, U + i - m]`` (lags 1..2U-1).
-        out: ``[B, C, n]`` (``n <= U``) view of the accumulators, updated in place.
-    """
-    n = out.shape[-1]
-    # [C, n, U] @ [C, U, B] -> [C, n, B]: one batched product per channel.
-    o = torch.matmul(toeplitz[:, :n], a.permute(1, 2, 0))
-    out += o.permute(2, 0, 1)
-
-
-def fft_tile(a: torch.Tensor, spectrum: torch.Tensor, out: torch.Tensor, U: int) -> None:
-    """FFT tile primitive, same contract as :func:`direct_tile`.
-
-    ``spectrum`` is ``rfft(k[:, :2U], n=2U)``, ``[C, U+1]``, precomputed once per level. A
-    circular convolution of size 2U has no wrap-around on outputs ``U .. 2U-1`` because the
-    inputs occupy ``0 .. U-1`` only.
-    """
-    n = out.shape[-1]
-    B, C = a.shape[0], a.shape[1]
-    chunk = max(1, _FFT_CHUNK_BYTES // (B * 2 * U * 8))
-    for c0 in range(0, C, chunk):
-        c1 = min(C, c0 + chunk)
-        y = torch.fft.irfft(torch.fft.rfft(a[:, c0:c1], n=2 * U).mul_(spectrum[c0:c1]), n=2 * U)
-        out[:, c0:c1] += y[..., U:U + n]
-
+__all__ = ["OnlineConv"]
 
 def _zeros_huge(*shape, dtype, device) -> torch.Tensor:
     """``torch.zeros`` whose memory is hinted to transparent huge pages before the first write
@@ -157,7 +122,7 @@ class OnlineConv:
         block: red-cell block size (power of two); None lets the cost model choose.
         fft_from: smallest tile size computed by FFT; None lets the cost model choose.
         kernels: ``"auto"`` runs the per-step red cells and the per-block transposes with the
-            fused native CPU kernels of :mod:`lcsm_compile.codegen.red_cells` where they build
+            fused native CPU kernels of :mod:`lcsm_compile.codegen` where they build
             (fp32/fp64 on the CPU), else with torch ops; ``"torch"`` always uses torch ops.
             ``kernel_note`` says which path runs and why.
     """
@@ -178,7 +143,7 @@ class OnlineConv:
         self.cdtype = compute_dtype(self.dtype if self.dtype == torch.float64 else k.dtype)
         if kernels not in ("auto", "torch"):
             raise SessionError(f"kernels must be 'auto' or 'torch' for the engine, got {kernels!r}")
-        self._nk, why = (red_cells.kernels_for(self.cdtype, self.device) if kernels == "auto"
+        self._nk, why = (kernels_for(self.cdtype, self.device) if kernels == "auto"
                          else (None, "kernels='torch'"))
         # fused steps need the input already in the compute dtype (fp32/fp64 models)
         self._fused_step = self._nk is not None and self.dtype == self.cdtype

@@ -1,0 +1,1 @@
+"""Runnable examples (quickstart, a user-written model) and the idiom models the tests import."""

@@ -1,0 +1,39 @@
+"""Options: one set of names for ``session``, ``generate``, ``explain`` and the backend.
+
+``torch.compile(model, backend="lcsm", options={...})`` and the keyword arguments of the entry
+points take the same names; an unknown name is an error that lists the valid ones.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Dict, Iterable
+
+__all__ = ["SESSION_OPTIONS", "BACKEND_OPTIONS", "check_options", "KERNELS"]
+
+#: the ``kernels`` values this version has
+KERNELS = ("auto", "torch")
+
+#: options of ``session``/``generate`` with their defaults
+SESSION_OPTIONS: Dict[str, Any] = {
+    "kernels": "auto",          # "auto": native CPU kernels where they build, else torch; "torch"
+    "compile_step": False,      # compile the step program with Inductor
+    "debug_dir": None,          # write each compiler stage's graph there
+    "engine": "online",         # "online" | "lazy" | "eager" | "none" (benchmark baselines)
+    "engine_options": None,     # e.g. {"block": 16}
+}
+
+#: options of ``torch.compile(..., backend="lcsm", options=...)``
+BACKEND_OPTIONS: Dict[str, Any] = {
+    "fallback": "eager",        # how graphs that are not rewritten run: "eager" | "inductor"
+    "verbose": False,           # log every graph's decision at INFO
+    "debug_dir": None,
+    # accepted for symmetry with sessions (the full forward does not use them)
+    "max_len": None, "kernels": "auto", "compile_step": False, "engine": "online", "engine_options": None,
+}
+
+
+def check_options(options: Dict[str, Any], allowed: Iterable[str], where: str) -> None:
+    """Raise ``TypeError`` naming the unknown options and the valid ones."""
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise TypeError(f"{where}: unknown option(s) {unknown}; valid options: {sorted(allowed)}")
