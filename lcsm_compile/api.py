@@ -18,7 +18,7 @@ from typing import Any, Optional
 
 import torch
 
-from .capture import find_logits, unwrap_model
+from .capture import find_logits, probe_input, unwrap_model
 from .errors import SessionError
 from .options import KERNELS, SESSION_OPTIONS, check_options
 from .pipeline import PLAN, Lowered, ProgramPlan, lower, plan, run_stages
@@ -39,11 +39,11 @@ def _fingerprint(model: torch.nn.Module) -> tuple:
 
 
 def _lowered(model: Any, example: torch.Tensor, debug_dir: Optional[str] = None,
-             max_len: Optional[int] = None) -> Lowered:
+             max_len: Optional[int] = None, min_len: Optional[int] = None) -> Lowered:
     """:func:`lower` cached per model (weakly), input signature and ``max_len``; recomputed when
     the model's weights change; bounded to the last few signatures per model."""
     mod = unwrap_model(model)
-    key = (example.dtype, example.device, example.dim(), tuple(example.shape[2:]), max_len)
+    key = (example.dtype, example.device, example.dim(), tuple(example.shape[2:]), max_len, min_len)
     fp = _fingerprint(mod) if isinstance(mod, torch.nn.Module) else None
     try:
         cache = _LOWERED.setdefault(mod, OrderedDict())
@@ -53,7 +53,7 @@ def _lowered(model: Any, example: torch.Tensor, debug_dir: Optional[str] = None,
     if hit is not None and hit[0] == fp and debug_dir is None:
         cache.move_to_end(key)
         return hit[1]
-    low = lower(mod, example, debug_dir=debug_dir, max_len=max_len)
+    low = lower(mod, example, debug_dir=debug_dir, max_len=max_len, min_len=min_len)
     cache[key] = (fp, low)
     while len(cache) > _PER_MODEL:
         cache.popitem(last=False)
@@ -61,13 +61,25 @@ def _lowered(model: Any, example: torch.Tensor, debug_dir: Optional[str] = None,
 
 
 def _capture_example(example: torch.Tensor) -> torch.Tensor:
-    """The example at length >= 2 (its values only seed the probes)."""
+    """The example at length >= 2 (its values only seed the probes: probe ids are drawn from
+    them; continuous probes are random whatever the values).
+
+    Any length works, 0 included. For ids, an empty example gives ids 0 and 1 and a one-position
+    example is followed by id 0, so that the probes hold two different tokens (with one token
+    only, every probe would be constant along time and the global causality probe, which
+    changes the last position, would change nothing)."""
     L = example.shape[1]
     if L >= 2:
         return example
+    ids = not (example.is_floating_point() or example.is_complex())
     if L == 0:
-        return torch.zeros((example.shape[0], 2) + tuple(example.shape[2:]), dtype=example.dtype,
-                           device=example.device)
+        x = torch.zeros((example.shape[0], 2) + tuple(example.shape[2:]), dtype=example.dtype,
+                        device=example.device)
+        if ids:
+            x[:, 1] = 1
+        return x
+    if ids:
+        return torch.cat([example, torch.zeros_like(example)], 1)
     return example.repeat(*([1, 2] + [1] * (example.dim() - 2)))
 
 
@@ -100,23 +112,65 @@ def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, 
         raise SessionError(f"kernels={opts['kernels']!r} is not available: this version has 'auto' (native CPU "
                            f"kernels where they build, else torch) and 'torch'")
     max_len = int(max_len)
-    low = _lowered(model_or_compiled, _capture_example(example), opts["debug_dir"], max_len)
+    ex = _capture_example(example)
+    low = _lowered(model_or_compiled, ex, opts["debug_dir"], max_len)
     if not low.streamable:
         raise refusal_error(low.refusals)
-    if low.valid_range[1] is not None and max_len > low.valid_range[1]:
-        raise SessionError(f"max_len={max_len} is longer than the model supports ({low.valid_range[1]} positions)")
-    pl = plan(low, max_len, example.shape[0], debug_dir=opts["debug_dir"])
+    short: list = []
+    hi = low.valid_range[1]
+    if hi is not None and max_len > hi:
+        # the graph holds up to hi only (the model's code branches on L): the graph captured
+        # past hi serves longer lengths, this one the prompts of length <= hi
+        long_low = _lowered(model_or_compiled, ex, opts["debug_dir"], max_len, min_len=hi + 1)
+        top = long_low.valid_range[1]
+        if not long_low.streamable or (top is not None and top < max_len):
+            why = "; ".join(r.reason for r in long_low.refusals[:2]) or f"its graph past {hi} holds up to {top}"
+            raise SessionError(f"max_len={max_len} is longer than the model supports ({hi} positions): {why}")
+        short, low = [(hi, low)], long_low
+    pl = plan(low, max_len, example.shape[0], short_pieces=short, debug_dir=opts["debug_dir"])
     if pl.refusals:
         raise refusal_error(pl.refusals)
     prog = instantiate(pl, engine=opts["engine"], compile_step=bool(opts["compile_step"]),
                        engine_options=opts["engine_options"], kernels=opts["kernels"])
+    if short:
+        _check_pieces(prog, short[0][1], low, max_len)
     return Session(prog, example)
 
 
-def _logits(out: Any) -> torch.Tensor:
-    lg = find_logits(out)
+def _check_pieces(prog, short: Lowered, long: Lowered, max_len: int) -> None:
+    """Teacher-force the program across the length where the model's graph changes (a prompt
+    short enough for the first graph, steps past it) against both graphs; refuse on a mismatch.
+    The program is reset afterwards."""
+    from .passes.check import output_mismatch
+
+    hi = short.valid_range[1]
+    L = min(hi + 3, max_len)
+    x = probe_input(long.capture_example, L, 31337, batch=prog.batch_size)
+    P = min(3, hi)
+    pos = torch.zeros(1, dtype=torch.long, device=x.device)
+    with torch.no_grad():
+        outs = [prog.prefill(x[:, :P])]
+        for t in range(P, L):
+            pos.fill_(t)
+            outs.append(prog.step(x[:, t:t + 1].contiguous(), pos))
+        got = [torch.cat([o[i] for o in outs], 1) for i in range(len(outs[0]))]
+        why = output_mismatch([g[:, :hi] for g in got], list(short.gm(x[:, :hi].contiguous())))
+        why = why or output_mismatch(got, list(long.gm(x)))
+    prog.reset()
+    if why is not None:
+        raise SessionError(f"max_len={max_len} is longer than the model supports ({hi} positions): streamed "
+                           f"across length {hi}, where the model's graph changes, the outputs differ ({why})")
+
+
+def _logits(out: Any, length: int) -> torch.Tensor:
+    """The logits of ``length`` positions in a session output (:func:`find_logits`)."""
+    lg = find_logits(out, length)
     if lg is None:
-        raise SessionError(f"cannot find logits in the model output of type {type(out).__name__}")
+        raise SessionError(f"cannot find logits in the model output of type {type(out).__name__}: no "
+                           f"'logits' entry and no floating-point [B, {length}, ...] tensor")
+    if lg.dim() != 3 or lg.shape[1] != length:
+        raise SessionError(f"the logits found in the model output must be [B, {length}, vocab], got shape "
+                           f"{tuple(lg.shape)}")
     return lg
 
 
@@ -155,7 +209,9 @@ def generate(model_or_compiled: Any, ids: torch.Tensor, max_new_tokens: int, do_
 
     Args:
         model_or_compiled: an LM (ids ``[B, L]`` -> logits ``[B, L, V]``, or an output with
-            ``.logits`` / a ``"logits"`` entry / logits first), plain or ``torch.compile``-d.
+            ``.logits`` / a ``"logits"`` entry at any depth, else the first floating-point
+            ``[B, L, ...]`` tensor: :func:`~lcsm_compile.capture.find_logits`), plain or
+            ``torch.compile``-d.
         do_sample, temperature, top_k, top_p, generator: sampling (greedy by default).
         eos_token_id: a sequence that emits it is finished: later positions hold
             ``eos_token_id``; generation stops early once every sequence is finished (the
@@ -165,15 +221,20 @@ def generate(model_or_compiled: Any, ids: torch.Tensor, max_new_tokens: int, do_
             ``compile_step``, ``engine``, ...).
     Raises:
         UnsupportedModelError: the model cannot be streamed exactly.
+        SessionError: ``ids`` is not an integer ``[B, P]`` tensor, the prompt is empty (``P = 0``
+            and ``max_new_tokens > 0``: no logits to sample the first token from), or the
+            output holds no logits.
     """
     if not isinstance(ids, torch.Tensor) or ids.dim() != 2 or ids.is_floating_point():
         raise SessionError(f"ids must be an integer [B, P] tensor, got {getattr(ids, 'shape', type(ids))}")
-    if ids.shape[1] < 1:
-        raise SessionError("the prompt needs at least one token (e.g. a BOS token)")
     B, P = ids.shape
     N = int(max_new_tokens)
     if N <= 0:
         return ids.clone()
+    if P < 1:
+        raise SessionError("generate needs a prompt of at least one token: an empty prompt gives no logits "
+                           "to sample the first token from (start from a BOS token; a session takes an "
+                           "empty prefill)")
     max_len = options.pop("max_len", None) or (P + N)
     sess = session(model_or_compiled, ids, max_len=max_len, **options)
     out = torch.empty(B, P + N, dtype=torch.long, device=ids.device)
@@ -186,7 +247,7 @@ def generate(model_or_compiled: Any, ids: torch.Tensor, max_new_tokens: int, do_
 
         bar = tqdm(total=N, desc="lcsm generate", unit="tok", dynamic_ncols=True)
     t0 = time.perf_counter()
-    logits = _logits(sess.prefill(ids))[:, -1]
+    logits = _logits(sess.prefill(ids), P)[:, -1]
     n = 0
     try:
         for i in range(N):
@@ -201,7 +262,7 @@ def generate(model_or_compiled: Any, ids: torch.Tensor, max_new_tokens: int, do_
             if eos_token_id is not None and bool(finished.all()):
                 break
             if i + 1 < N:
-                logits = _logits(sess.step(nxt[:, None]))[:, -1]
+                logits = _logits(sess.step(nxt[:, None]), 1)[:, -1]
     finally:
         if bar is not None:
             dt = time.perf_counter() - t0

@@ -19,12 +19,14 @@ handled alone):
 
 The compiled forward then runs:
 
-* ``lcsm`` - the rewritten graph (when the graph was rewritten, checked, and nothing in it was
-  refused): exact, the convolutions run through ``lcsm::long_conv`` / ``lcsm::short_conv``;
+* ``lcsm`` - the rewritten graph (when at least one convolution was verified and rewritten and
+  the rewritten graph passed the check): exact, the verified convolutions run through
+  ``lcsm::long_conv`` / ``lcsm::short_conv`` and everything else as captured. A refusal that
+  only rules out streaming (softmax over time, a circular convolution elsewhere in the graph)
+  does not undo the verified rewrites: the report lists it;
 * fallback ``eager`` (default) - the captured aten graph as is, op for op the model's own
-  computation: exact. Used for graphs with a refusal (non-causal op, unsupported op, capture
-  problem) or whose check failed; the reason is logged (logger ``lcsm_compile``) and kept in
-  ``.reports``. ``options={"fallback": "inductor"}`` compiles such graphs with Inductor
+  computation: exact. Used for graphs with no verified convolution, a capture problem, or a
+  failed check; the reason is logged (logger ``lcsm_compile``) and kept in ``.reports``. ``options={"fallback": "inductor"}`` compiles such graphs with Inductor
   instead (exact up to Inductor's float reassociation).
 
 Inference only: every graph is compiled and run under ``torch.no_grad()`` (the outputs do not
@@ -86,7 +88,7 @@ class LcsmBackend:
         msg = f"lcsm backend: graph runs as {rep.mode}: {rep.reason}"
         if rep.mode != "lcsm" and rep.refusals:
             log.warning(msg)
-        elif verbose:
+        elif verbose or rep.refusals:
             log.info(msg)
         else:
             log.debug(msg)
@@ -156,12 +158,10 @@ class LcsmBackend:
             return None
         n_long = sum(r.kind in ("long", "scan") for r in fe.records)
         n_short = sum(r.kind == "short" for r in fe.records)
-        if fe.refusals:
-            reasons = "; ".join(f"{r.op} at {r.source}: {r.reason}" for r in fe.refusals[:3])
-            self._report(GraphReport(fallback, "refused: " + reasons, n_long, n_short, list(fe.refusals)), verbose)
-            return None
+        reasons = "; ".join(f"{r.op} at {r.source}: {r.reason}" for r in fe.refusals[:3])
         if not fe.records:
-            self._report(GraphReport(fallback, "no convolution in this graph", 0, 0), verbose)
+            why = ("refused: " + reasons) if fe.refusals else "no convolution in this graph"
+            self._report(GraphReport(fallback, why, n_long, n_short, list(fe.refusals)), verbose)
             return None
         new = fe.gm
         try:  # check the rewritten graph once on the real inputs
@@ -174,8 +174,10 @@ class LcsmBackend:
             return None
         bound = max_length(fe) if cap.symbolic else None
         d0, tdim = data_idx[0], 1
-        self._report(GraphReport("lcsm", f"{n_long} long and {n_short} short convolutions rewritten",
-                                 n_long, n_short), verbose)
+        done = f"{n_long} long and {n_short} short convolutions rewritten"
+        if fe.refusals:  # the rest runs as captured: the full forward is exact, streaming is not
+            done += "; not streamable: " + reasons
+        self._report(GraphReport("lcsm", done, n_long, n_short, list(fe.refusals)), verbose)
         plain = gm.forward
 
         def run(*args):

@@ -43,10 +43,11 @@ import sympy
 import torch
 import torch.fx as fx
 
-from .capture import Captured, capture_model, probe_input
+from .capture import Captured, capture_model, probe_input, user_source
+from .capture.helpers import ROUTER_FRAME
 from .capture.symbolic import to_expr, val
 from .passes.check import global_checks, matches_model
-from .passes.common import probe_threads
+from .passes.common import LONG_CONV, SHORT_CONV, probe_threads
 from .passes.describe import conv_records, refusals_of, region_reasons
 from .passes.fold_filters import Folded, fold_filters
 from .passes.groups import GroupPlan, plan_groups, record_shapes
@@ -54,8 +55,8 @@ from .passes.match_long_conv import match_long_convs, match_scans
 from .passes.match_short_conv import match_conv_regions
 from .passes.region import Region
 from .passes.rewrite import rewrite_regions
-from .passes.step_graph import build_prefill_graph, build_step_graph
-from .passes.time_axis import Analysis, TimeAxis, classify, data_dependent, length_bound
+from .passes.step_graph import build_prefill_graph, build_step_graph, rename_slots
+from .passes.time_axis import Analysis, TimeAxis, classify, data_dependent, filter_only, length_bound
 from .passes.verify import verify_regions
 from .report import ConvRecord, Refusal
 
@@ -127,6 +128,7 @@ class Lowered:
     example: Optional[torch.Tensor] = None
     probe_lengths: Tuple[int, ...] = (5, 12)
     max_len: Optional[int] = None
+    min_len: Optional[int] = None
     check: bool = True
     make_args: Optional[Callable[[int], List[Any]]] = None
     captured: Optional[Captured] = None
@@ -191,21 +193,34 @@ def _capture(s: Lowered) -> Lowered:
     """Capture the model as one aten graph. When the graph only holds for lengths shorter than
     ``max_len`` (a buffer cached on the module at a shorter length and regrown in forward), the
     model is captured again past that length, and that graph is used if it holds up to
-    ``max_len`` and equals the model at the probe lengths."""
-    cap = capture_model(s.model, s.example)
+    ``max_len`` and equals the model at the probe lengths. A graph traced with
+    ``opt_einsum.contract`` routed to ``torch.einsum`` (``Captured.routed``) must equal the
+    model at the probe lengths too, else it is refused."""
+    if s.min_len is not None:  # the piece of the model past the length its first graph holds for:
+        # the first capture length whose graph holds up to max_len (guards may cut a range short)
+        for Lc in (s.min_len, s.min_len + 2, s.min_len + 5, 2 * s.min_len + 3):
+            cap = capture_model(s.model, s.example, lengths=(Lc,))
+            top = cap.valid_range[1] if cap.gm is not None else 0
+            if cap.gm is not None and (top is None or s.max_len is None or top >= s.max_len):
+                break
+    else:
+        cap = capture_model(s.model, s.example)
+    checked = False
     hi = cap.valid_range[1] if cap.gm is not None else None
-    if s.max_len is not None and hi is not None and int(s.max_len) > hi:
+    if s.min_len is None and s.max_len is not None and hi is not None and int(s.max_len) > hi:
         alt = capture_model(s.model, s.example, lengths=(hi + 1, hi + 3))
         if alt.gm is not None and alt.error is None and \
                 (alt.valid_range[1] is None or alt.valid_range[1] >= int(s.max_len)) and \
                 matches_model(s.model, alt.gm, alt.example_args[0], tuple(s.probe_lengths) + (hi + 1,)):
-            cap = alt
+            cap, checked = alt, True
     if cap.gm is None:
         reason, op, src = cap.error
         return dataclasses.replace(s, captured=cap, refusals=(Refusal(op, src, reason),), halted=True)
     refusals = list(s.refusals)
     if cap.error is not None:
         refusals.insert(0, Refusal(cap.error[1], cap.error[2], cap.error[0]))
+    if cap.routed and not checked and cap.error is None:
+        refusals += _routed_refusals(s, cap)
     for name, dep in cap.mutated_buffers:
         if dep:
             refusals.append(Refusal("copy_", None, f"the forward writes input-dependent state into "
@@ -213,6 +228,20 @@ def _capture(s: Lowered) -> Lowered:
     xc = cap.example_args[0]
     make_args = s.make_args or (lambda L: [probe_input(xc, L, 1000 + L)])
     return dataclasses.replace(s, captured=cap, refusals=tuple(refusals), make_args=make_args)
+
+
+def _routed_refusals(s: Lowered, cap: Captured) -> List[Refusal]:
+    """The refusal of a capture whose routed ``opt_einsum.contract`` calls made a graph that
+    differs from the eager model at the probe lengths (none when it equals the model). Its
+    source is the user's line of the first routed call found in the graph."""
+    if matches_model(s.model, cap.gm, cap.example_args[0], tuple(s.probe_lengths)):
+        return []
+    src = next((site for _, site in cap.routed if site), None) or \
+        next((user_source(n) for n in cap.gm.graph.nodes if ROUTER_FRAME in (n.meta.get("stack_trace") or "")), None)
+    eqs = ", ".join(dict.fromkeys(repr(eq) for eq, _ in cap.routed))
+    return [Refusal("opt_einsum.contract", src,
+                    f"the graph traced with opt_einsum.contract({eqs}) run as torch.einsum does not "
+                    f"equal the model at lengths {tuple(s.probe_lengths)}: not captured faithfully")]
 
 
 def _analyze(s: Lowered) -> Lowered:
@@ -250,24 +279,41 @@ def _classify(s: Lowered) -> Lowered:
 
 def _check(s: Lowered) -> Lowered:
     """End-to-end checks (:mod:`lcsm_compile.passes.check`), the valid length range, and the
-    verdict: streamable when nothing was refused and the graph is generic in the length."""
+    verdict: streamable when nothing was refused and the graph is generic in the length.
+
+    A size ``Min(L, N)`` that reaches the outputs only as a convolution filter (a filter of
+    ``N`` taps, zero beyond them) does not bound the length: the longer range is taken when
+    the same end-to-end checks also pass at a length past ``N`` (else the bound stays)."""
     cap = s.captured
     refusals = list(s.refusals)
     if s.check and cap.symbolic:
         refusals += global_checks(s.gm, cap.gm, s.analysis, cap.example_args[0], s.probe_lengths,
-                                  s.records, other_refusals=bool(refusals))
+                                  s.records, other_refusals=bool(refusals), min_len=s.min_len or 1)
     if cap.symbolic and not isinstance(to_expr(val(cap.data_inputs[0]).shape[1]), sympy.Symbol):
         refusals.append(Refusal("capture", None, "the sequence length was specialized during "
                                 "analysis (internal error); the graph is not length-generic"))
-    return dataclasses.replace(s, refusals=tuple(refusals), valid_range=(1, max_length(s)),
+    hi = max_length(s)
+    if not refusals and cap.symbolic and hi is not None:
+        longer = max_length(s, filters_bound=False)
+        if (longer is None or longer > hi) and not global_checks(
+                s.gm, cap.gm, s.analysis, cap.example_args[0], (hi + 3,), s.records, other_refusals=False,
+                min_len=s.min_len or 1):
+            hi = longer
+    lo = 1 if s.min_len is None else max(s.min_len, cap.valid_range[0])
+    return dataclasses.replace(s, refusals=tuple(refusals), valid_range=(lo, hi),
                                streamable=not refusals and cap.symbolic)
 
 
-def max_length(s: Lowered) -> Optional[int]:
+def max_length(s: Lowered, filters_bound: bool = True) -> Optional[int]:
     """The longest input the rewritten graph of ``s`` is valid for (None: any): the capture's
-    range, every ``Min(L, c)`` the analysis read as ``L``, and every matched region's bound."""
+    range, every ``Min(L, c)`` the analysis read as ``L`` (with ``filters_bound=False``, not
+    those in nodes that are only convolution filters), and every matched region's bound."""
     cap = s.captured
-    bounds = [b for b in [cap.valid_range[1], length_bound(s.ta, [cap.gm, s.gm])] +
+    if filters_bound:
+        graph_bound = length_bound(s.ta, [cap.gm, s.gm])
+    else:
+        graph_bound = length_bound(s.ta, [s.gm], skip=filter_only(s.gm))
+    bounds = [b for b in [cap.valid_range[1], graph_bound] +
               [r.bound for r in s.regions if r.problem is None] if b is not None]
     return min(bounds, default=None)
 
@@ -297,7 +343,7 @@ LOWER: Tuple[Stage, ...] = (Stage("capture", _capture),) + FRONTEND + (Stage("ch
 
 def lower(model_or_compiled: Any, example: torch.Tensor, *, debug_dir: Optional[str] = None,
           probe_lengths: Sequence[int] = (5, 12), check: bool = True, max_len: Optional[int] = None,
-          until: Optional[str] = None) -> Lowered:
+          min_len: Optional[int] = None, until: Optional[str] = None) -> Lowered:
     """Lower a model to the streaming-ready graph (module doc): run :data:`LOWER`.
 
     Args:
@@ -305,11 +351,15 @@ def lower(model_or_compiled: Any, example: torch.Tensor, *, debug_dir: Optional[
         probe_lengths: the lengths of the verification probes.
         check: run the end-to-end checks.
         max_len: the longest length the caller needs (see the capture stage).
+        min_len: capture and verify the model for lengths ``>= min_len`` only (the piece of a
+            model past the length its first graph holds for; probes run past ``min_len``).
         until: stop after this stage (tests).
     Never raises for an unsupported model: ``refusals`` says why, ``streamable`` is False.
     """
+    if min_len is not None:
+        probe_lengths = tuple(int(min_len) + 4 + p - min(probe_lengths) for p in probe_lengths)
     state = Lowered(model=model_or_compiled, example=example, probe_lengths=tuple(probe_lengths),
-                    max_len=max_len, check=check)
+                    max_len=max_len, min_len=min_len, check=check)
     return run_stages(state, LOWER, until=until, debug_dir=debug_dir)
 
 
@@ -325,16 +375,24 @@ class ProgramPlan:
     """The state of :func:`plan`'s stages and its result: everything the runtime needs to
     instantiate a streaming program, and no state. ``folded`` (fold), ``shapes`` (shapes:
     ``{lcsm op node: (lead, C, dtype, device)}`` of its input), ``groups`` (groups),
-    ``prefill_gm``/``step_gm`` with unbound slots (programs), ``refusals``."""
+    ``prefill_gm``/``step_gm`` with unbound slots (programs), ``refusals``.
+
+    A model whose graph holds only up to some length ``hi`` (its code branches on ``L``: a
+    filter of ``N`` taps cut with ``[:min(N, L)]`` and padded when ``N < L``) is planned from
+    the graph ``lowered`` captured past ``hi``; ``short_pieces`` are ``(hi, Lowered)`` of the
+    graphs for the shorter lengths, and ``short_prefills`` their prefill programs, whose slots
+    name the same members (by convolution order)."""
 
     lowered: Lowered
     max_len: int
     batch_size: int
+    short_pieces: Tuple[Tuple[int, Lowered], ...] = ()
     folded: Optional[Folded] = None
     shapes: Dict[str, tuple] = dataclasses.field(default_factory=dict)
     groups: Optional[GroupPlan] = None
     prefill_gm: Optional[fx.GraphModule] = None
     step_gm: Optional[fx.GraphModule] = None
+    short_prefills: Tuple[Tuple[int, fx.GraphModule], ...] = ()
     refusals: Tuple[Refusal, ...] = ()
     halted: bool = False
     stage_times: Dict[str, float] = dataclasses.field(default_factory=dict)
@@ -350,16 +408,17 @@ def _plan_input(p: ProgramPlan, L: int, batch: int = 1) -> torch.Tensor:
 
 def _fold(p: ProgramPlan) -> ProgramPlan:
     low = p.lowered
+    lo = max(2, low.valid_range[0])
     with probe_threads():
         folded = fold_filters(low.gm, low.analysis, lambda L: _plan_input(p, L), p.max_len,
-                              check_lengths=sorted({2, 3, 7, max(2, p.max_len // 3)}))
+                              check_lengths=sorted({lo, lo + 1, lo + 5, max(lo, p.max_len // 3)}))
     return dataclasses.replace(p, folded=folded, refusals=p.refusals + tuple(folded.refusals),
                                halted=bool(folded.refusals))
 
 
 def _shapes(p: ProgramPlan) -> ProgramPlan:
     with probe_threads():
-        shapes = record_shapes(p.lowered.gm, _plan_input(p, 2, p.batch_size))
+        shapes = record_shapes(p.lowered.gm, _plan_input(p, max(2, p.lowered.valid_range[0]), p.batch_size))
     return dataclasses.replace(p, shapes=shapes)
 
 
@@ -368,8 +427,19 @@ def _groups(p: ProgramPlan) -> ProgramPlan:
 
 
 def _programs(p: ProgramPlan) -> ProgramPlan:
+    short = []
+    mixers = [n.name for n in p.lowered.gm.graph.nodes if n.target in (LONG_CONV, SHORT_CONV)]
+    for hi, piece in p.short_pieces:
+        names = [n.name for n in piece.gm.graph.nodes if n.target in (LONG_CONV, SHORT_CONV)]
+        kinds = [n.target for n in piece.gm.graph.nodes if n.target in (LONG_CONV, SHORT_CONV)]
+        want = [n.target for n in p.lowered.gm.graph.nodes if n.target in (LONG_CONV, SHORT_CONV)]
+        if kinds != want:
+            return dataclasses.replace(p, halted=True, refusals=p.refusals + (Refusal(
+                "capture", None, f"the model's graph for lengths <= {hi} has other convolutions than "
+                f"its graph for longer lengths: one session cannot cover both"),))
+        short.append((hi, rename_slots(build_prefill_graph(piece.gm), dict(zip(names, mixers)))))
     return dataclasses.replace(p, prefill_gm=build_prefill_graph(p.lowered.gm),
-                               step_gm=build_step_graph(p.lowered.gm, p.folded))
+                               step_gm=build_step_graph(p.lowered.gm, p.folded), short_prefills=tuple(short))
 
 
 def _group_notes(p: ProgramPlan) -> str:
@@ -385,11 +455,13 @@ PLAN: Tuple[Stage, ...] = (
 )
 
 
-def plan(lowered: Lowered, max_len: int, batch_size: int, *, debug_dir: Optional[str] = None,
-         until: Optional[str] = None) -> ProgramPlan:
+def plan(lowered: Lowered, max_len: int, batch_size: int, *, short_pieces: Sequence[Tuple[int, Lowered]] = (),
+         debug_dir: Optional[str] = None, until: Optional[str] = None) -> ProgramPlan:
     """Plan the streaming program of a streamable lowered model (module doc): run :data:`PLAN`.
+    ``short_pieces``: ``(hi, Lowered)`` graphs for lengths ``<= hi`` (see :class:`ProgramPlan`).
     Never raises for an unsupported model: ``refusals`` says why."""
     if not lowered.streamable:
         raise ValueError("plan() needs a streamable Lowered (check lowered.refusals first)")
-    state = ProgramPlan(lowered=lowered, max_len=int(max_len), batch_size=int(batch_size))
+    state = ProgramPlan(lowered=lowered, max_len=int(max_len), batch_size=int(batch_size),
+                        short_pieces=tuple(short_pieces))
     return run_stages(state, PLAN, until=until, debug_dir=debug_dir)

@@ -61,8 +61,7 @@ def assert_golden(ours: Tensors, eager: Tensors, golden: Optional[Tensors], *, f
     reference: ``err(ours, eager) <= tol``. Returns ``[(err_ours, err_eager)]``."""
     if golden is None:
         golden = eager
-    if isinstance(ours, torch.Tensor):
-        ours, eager, golden = [ours], [eager], [golden]
+    ours, eager, golden = ([t] if isinstance(t, torch.Tensor) else list(t) for t in (ours, eager, golden))
     assert len(ours) == len(eager) == len(golden), (what, len(ours), len(eager), len(golden))
     res = []
     for i, (o, e, g) in enumerate(zip(ours, eager, golden)):

@@ -238,3 +238,258 @@ def test_kernels_option(kernels):
         assert rel(g, r) <= 1e-4
     with pytest.raises(SessionError, match="kernels='triton' is not available"):
         lcsm_compile.session(model, x[:, :5], max_len=48, kernels="triton")
+
+
+# ----------------------------------------------------------------------------- empty prompts
+
+import collections  # noqa: E402 - used by the tests below (appended section)
+import dataclasses  # noqa: E402
+
+L_EMPTY = 20
+MAX_LEN_EMPTY = 24  # one max_len for all the tests below: the lowering is cached per model and max_len
+_BUILT: dict = {}
+
+
+def built(name):
+    """One model per zoo entry for the tests below (so its lowering is reused across them)."""
+    if name not in _BUILT:
+        _BUILT[name] = zoo.get(name).build()
+    return _BUILT[name]
+
+
+def assert_empty_like(got, ref, what=""):
+    """``got`` is ``ref`` (the model's own output) with 0 positions: same structure (type names,
+    non-tensor entries), dtypes, batch and non-time sizes; time dim 1 of length 0."""
+    assert type(got).__name__ == type(ref).__name__, (what, type(got), type(ref))
+    gl, rl = flatten_output(got)[0], flatten_output(ref)[0]
+    assert len(gl) == len(rl), (what, len(gl), len(rl))
+    for i, (g, r) in enumerate(zip(gl, rl)):
+        if isinstance(r, torch.Tensor):
+            assert isinstance(g, torch.Tensor), (what, i, type(g))
+            assert g.dtype == r.dtype, (what, i, g.dtype, r.dtype)
+            assert tuple(g.shape) == (r.shape[0], 0) + tuple(r.shape[2:]), (what, i, g.shape, r.shape)
+        else:
+            assert g == r, (what, i, g, r)
+
+
+@pytest.mark.parametrize("B", [1, 3])
+def test_empty_example_empty_prompt_then_steps(entry_model, B):
+    """session(model, x[:, :0]) + prefill(x[:, :0]): 0-position outputs in the model's own
+    structure; then one step per position equals the full forward at every position (every
+    streamable zoo model; max_len=MAX_LEN shares the lowering with test_teacher_forcing)."""
+    e, model = entry_model
+    x = e.make_input(B, L_EMPTY)
+    with torch.no_grad():
+        ref_out = model(x)
+    # a fixed engine plan (no block-size measurement): blocks of 4, FFT tiles from 8
+    sess = lcsm_compile.session(model, x[:, :0], max_len=MAX_LEN, engine_options={"block": 4, "fft_from": 8})
+    out0 = sess.prefill(x[:, :0])
+    assert sess.position == 0
+    assert_empty_like(out0, ref_out, e.name)
+    with pytest.raises(SessionError, match="prefill must come first"):
+        sess.prefill(x[:, :0])
+    got = teacher_force_from(sess, x, [tensors(out0)], 0)
+    assert sess.position == L_EMPTY
+    assert_golden(got, tensors(ref_out), golden_forward(model, x), what=e.name)
+
+
+def teacher_force_from(sess, x, outs, P):
+    for t in range(P, x.shape[1]):
+        outs.append(tensors(sess.step(x[:, t:t + 1])))
+    return [torch.cat([o[i] for o in outs], 1) for i in range(len(outs[0]))]
+
+
+@pytest.mark.parametrize("name,B", [("learned_pos_embedding", 1), ("out_nested_namedtuple", 3),
+                                    ("hyenadna_cont", 3), ("modal_pow_cont", 1)])
+@pytest.mark.parametrize("ex_len,P", [(0, 5), (5, 0), (1, 0), (1, 5), (5, 1)])
+def test_example_length_independent_of_prompt_length(name, B, ex_len, P):
+    """A session made from an example of any length (0 and 1 included) takes a prompt of any
+    length (0 included), ids and continuous inputs alike."""
+    e = zoo.get(name)
+    model = built(name)
+    x = e.make_input(B, L_EMPTY)
+    with torch.no_grad():
+        ref_out = model(x)
+    ref = tensors(ref_out)
+    sess = lcsm_compile.session(model, x[:, :ex_len], max_len=MAX_LEN_EMPTY, engine_options={"block": 2, "fft_from": 4})
+    out0 = sess.prefill(x[:, :P])
+    if P == 0:
+        assert_empty_like(out0, ref_out, name)
+    got = teacher_force_from(sess, x, [tensors(out0)], P)
+    assert sess.position == L_EMPTY
+    assert_golden(got, ref, golden_forward(model, x), what=f"{name} ex_len={ex_len} P={P}")
+    # again after reset(), from an empty prompt: the same outputs
+    sess.reset()
+    out0 = sess.prefill(x[:, :0])
+    assert sess.position == 0
+    again = teacher_force_from(sess, x[:, :6], [tensors(out0)], 0)
+    for a, g in zip(again, got):
+        assert a.shape[1] == 6
+        assert rel(a, g[:, :6]) <= 1e-5
+
+
+def test_generate_from_empty_prompt_is_a_clear_error():
+    e = zoo.get("out_nested_namedtuple")
+    model = built(e.name)
+    ids = e.make_input(2, 5)
+    with pytest.raises(SessionError, match="no logits to sample the first token"):
+        lcsm_compile.generate(model, ids[:, :0], max_new_tokens=4, max_len=MAX_LEN_EMPTY)
+    empty = lcsm_compile.generate(model, ids[:, :0], max_new_tokens=0)
+    assert empty.shape == (2, 0) and empty.dtype == torch.long
+    # the session itself takes the empty prompt; a BOS-started generate works
+    sess = lcsm_compile.session(model, ids[:, :0], max_len=MAX_LEN_EMPTY)
+    assert tensors(sess.prefill(ids[:, :0]))[0].shape == (2, 0, e.d_out)
+    got = lcsm_compile.generate(model, ids[:, :1], max_new_tokens=6, max_len=MAX_LEN_EMPTY)
+    assert torch.equal(got, naive_greedy(model, ids[:, :1], 6))
+
+
+@pytest.mark.parametrize("engine", ["online", "lazy", "eager"])
+@pytest.mark.parametrize("P", [0, 1, 6])
+def test_engines_and_members_take_an_empty_prefill(engine, P):
+    """P = 0 at the engine / member level: empty outputs, state untouched, steps exact."""
+    from lcsm_compile.ops import causal_conv_fft, short_conv
+    from lcsm_compile.runtime.members import LongMember, ShortMember
+    from lcsm_compile.runtime.program import ENGINES
+
+    g = torch.Generator().manual_seed(3)
+    B, C, T = 2, 5, 14
+    k = torch.randn(C, T, generator=g)
+    u = torch.randn(B, C, T, generator=g)
+    opts = {"block": 2, "fft_from": 4} if engine == "online" else {}
+    eng = ENGINES[engine](k, max_len=16, batch_size=B, **opts)
+    long = LongMember("l", eng, slice(0, C), (B,), C)
+    w, bias = torch.randn(C, 3, generator=g), torch.randn(C, generator=g)
+    short = ShortMember("s", w, bias, (B,), C, torch.float32, torch.device("cpu"))
+    yl, ys = long.prefill(u[..., :P]), short.prefill(u[..., :P])
+    assert yl.shape == ys.shape == (B, C, P) and yl.dtype == ys.dtype == torch.float32
+    eng.finish_prefill(P)
+    short.commit()
+    outl, outs = [yl], [ys]
+    for t in range(P, T):
+        outl.append(long.step(u[..., t]).unsqueeze(-1))
+        outs.append(short.step(u[..., t:t + 1]))
+        eng.advance()
+        short.commit()
+    assert rel(torch.cat(outl, -1), causal_conv_fft(u.double(), k.double())) <= 1e-5
+    assert rel(torch.cat(outs, -1), short_conv(u, w, bias)) <= 1e-6
+
+
+# ----------------------------------------------------------------------------- the logits finder
+
+def _nested_namedtuple(lg, h):
+    Out = collections.namedtuple("Out", "logits hidden")  # a new class per call, as in forward
+    return (Out(logits=lg, hidden=h), None)
+
+
+@dataclasses.dataclass
+class _DOut:
+    hidden: torch.Tensor
+    logits: torch.Tensor
+    note: str = "n"
+
+
+class _HFLike:
+    """An HF ModelOutput-like object: attributes in __dict__, .logits among them."""
+
+    def __init__(self, **kw):
+        self.__dict__.update(kw)
+
+
+_LG = torch.randn(2, 4, 7)
+_H = torch.randn(2, 4, 3)
+_S = torch.randn(2)  # a per-sequence scalar: no time dim
+
+FINDER_CASES = {
+    "namedtuple_made_per_call_in_tuple": (lambda: _nested_namedtuple(_H * 0 + _LG.sum(), _H), None),
+    "namedtuple_in_tuple_logits": (lambda: _nested_namedtuple(_LG, _H), _LG),
+    "dataclass_in_tuple": (lambda: (_DOut(_H, _LG), "x"), _LG),
+    "hf_like_object": (lambda: _HFLike(loss=None, hidden_states=(_H,), logits=_LG), _LG),
+    "hf_like_object_in_list": (lambda: [None, _HFLike(hidden=_H, logits=_LG)], _LG),
+    "dict_in_tuple": (lambda: (_H, {"aux": _H, "logits": _LG}), _LG),
+    "own_logits_before_nested": (lambda: {"aux": {"logits": _H}, "logits": _LG}, _LG),
+    "scalar_first_skipped": (lambda: (_S, _LG, _H), _LG),
+    "int_first_skipped": (lambda: (torch.ones(2, 4, dtype=torch.long), _H, _LG), _H),
+    "plain_tensor": (lambda: _LG, _LG),
+    "no_time_dim_tensor": (lambda: (_S, "x"), None),
+}
+
+
+@pytest.mark.parametrize("case", list(FINDER_CASES), ids=list(FINDER_CASES))
+def test_find_logits_structures(case):
+    make, want = FINDER_CASES[case]
+    out = make()
+    if case == "namedtuple_made_per_call_in_tuple":
+        want = out[0].logits
+    got = find_logits(out)
+    assert got is want, (case, None if got is None else got.shape)
+
+
+def test_find_logits_length():
+    a, b = torch.randn(2, 3, 5), torch.randn(2, 1, 5)
+    assert find_logits((a, b), 1) is b
+    assert find_logits((a, b), 3) is a
+    assert find_logits((a, b), 4) is None
+    assert find_logits({"logits": a}, 1) is a  # a named logits entry is taken as is
+
+
+def test_out_spec_rebuilds_per_call_namedtuple_and_nested_objects():
+    """Flatten the output of one call, rebuild it with the tensors of another: the namedtuple
+    (class made in forward), a dataclass and an object with .logits nested in containers."""
+    lg2, h2 = torch.randn(2, 4, 7), torch.randn(2, 4, 3)
+    leaves, spec = flatten_output(_nested_namedtuple(_LG, _H))
+    assert spec.num_tensors == 2 and spec.logits_index() == 0
+    o = spec.unflatten([lg2, h2])
+    assert isinstance(o, tuple) and len(o) == 2 and o[1] is None
+    assert o[0]._fields == ("logits", "hidden") and o[0].logits is lg2 and o[0][0] is lg2 and o[0].hidden is h2
+    assert find_logits(o) is lg2
+    other = _nested_namedtuple(lg2, h2)  # another call: another class, same rebuild
+    assert [t is u for t, u in zip(flatten_output(other)[0], [lg2, h2, None])] == [True, True, True]
+
+    leaves, spec = flatten_output((_H, [_DOut(_H, _LG, "keep")], {"o": _HFLike(logits=_LG, n=3)}))
+    assert spec.num_tensors == 4
+    assert spec.logits_index() == 2  # the dataclass' .logits, depth-first
+    t = [torch.full((1,), float(i)) for i in range(4)]
+    o = spec.unflatten(t)
+    assert o[0] is t[0]
+    d = o[1][0]
+    assert isinstance(d, _DOut) and d.hidden is t[1] and d.logits is t[2] and d.note == "keep"
+    h = o[2]["o"]
+    assert isinstance(h, _HFLike) and h.logits is t[3] and h.n == 3
+    assert find_logits(o) is t[2]
+    assert spec.logits_index(floating=[True, True, False, True]) == 2  # a named entry: any dtype
+
+
+def test_greedy_generate_on_nested_namedtuple_output():
+    """generate finds the logits in (Out(logits=...), None) (Out made in forward) and equals the
+    naive argmax loop over the full forward; the session rebuilds the structure."""
+    e = zoo.get("out_nested_namedtuple")
+    model = built(e.name)
+    ids = e.make_input(2, 4)
+    got = lcsm_compile.generate(model, ids, max_new_tokens=12, progress=False, max_len=MAX_LEN_EMPTY)
+    assert got.shape == (2, 16)
+    assert torch.equal(got, naive_greedy(model, ids, 12))
+    sess = lcsm_compile.session(model, ids, max_len=MAX_LEN_EMPTY)
+    out = sess.prefill(ids)
+    with torch.no_grad():
+        ref = model(ids)
+    assert out[1] is None and out[0]._fields == ("logits", "hidden")
+    assert rel(out[0].logits, ref[0].logits) <= 1e-5 and rel(out[0][1], ref[0].hidden) <= 1e-5
+    step = sess.step(got[:, 4:5])
+    assert step[0].logits.shape == (2, 1, e.d_out)
+
+
+def test_capture_example_of_an_empty_or_one_token_prompt_varies():
+    """The example only seeds the probes: an empty / one-token ids example still gives two
+    different tokens (probes that vary along time), of the example's batch, dtype and kind."""
+    from lcsm_compile.api import _capture_example
+
+    ids = torch.tensor([[7], [7], [7]])
+    for ex in (ids[:, :0], ids):
+        c = _capture_example(ex)
+        assert c.shape == (3, 2) and c.dtype == ids.dtype
+        assert len(torch.unique(c)) == 2 and int(c.min()) == 0
+    cont = torch.randn(2, 1, 4)
+    assert _capture_example(cont[:, :0]).shape == (2, 2, 4)
+    assert torch.equal(_capture_example(cont), cont.repeat(1, 2, 1))
+    long = torch.arange(6).reshape(2, 3)
+    assert _capture_example(long) is long

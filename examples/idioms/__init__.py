@@ -42,7 +42,8 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from . import cached, direct_conv, explicit, layouts, modal, multihead, negatives, outputs, safari, scan
+from . import (cached, direct_conv, explicit, layouts, modal, multihead, multirange, negatives, outputs,
+               safari, scan, ssm)
 
 __all__ = ["ZooEntry", "ZOO", "IDIOM_TAGS", "get", "streamable", "refused", "names", "output_tensors"]
 
@@ -130,6 +131,8 @@ IDIOM_TAGS = {
     "non-tensor output entry": "out-nontensor",
     "continuous input": "cont-input",
     "causal scan (cumsum)": "cumsum",
+    "SSM kernel computed with opt_einsum.contract (S4D Vandermonde, H3 shift SSM)": "oe-contract",
+    "fixed-length filter (N taps cut to min(N, L), zero-padded), valid past N": "fixed-taps",
     "graph break in forward": "graph-break",
     "short causal depthwise conv": "short-conv",
     "refusal: circular FFT conv": "neg-circular",
@@ -234,6 +237,17 @@ ZOO: list[ZooEntry] = [
        "exp(log_r + 1j*theta) ** t).real.sum(-1) over arange(L)",
        modal.build_modal_pow, d_in=modal.D_IN, d_out=modal.D_OUT, n_long=2, n_short=0,
        tags=("modal", "cont-input")),
+    # ---------------------------------------------------------------- multirange.py
+    _e("evo2_multirange",
+       "Evo 2-style stack: short featurizers (conv1d k=3/7/5, left padding), 128-tap medium "
+       "filters h[:, :L] by an FFT conv of size 2L, a modal long filter (polar poles ** arange(L)); "
+       "RMSNorm, gated MLP",
+       multirange.build_multirange, vocab=32, n_long=3, n_short=3,
+       tags=("fixed-taps", "explicit-filter", "modal", "short-conv", "dtype-cast")),
+    _e("h3_shift_fixed_taps",
+       "H3-style 16-tap shift kernel k[:, :min(N, L)], F.pad to L when N < L; a modal block",
+       multirange.build_shift, vocab=32, n_long=2, n_short=2,
+       tags=("fixed-taps", "modal", "short-conv", "dtype-cast")),
     # ---------------------------------------------------------------- cached.py
     _e("cached_filter_buffer",
        "filter cached in register_buffer('_k_cache') and recomputed in forward when the length "
@@ -260,6 +274,11 @@ ZOO: list[ZooEntry] = [
        "model_name str): non-tensor entries pass through",
        outputs.build_object, vocab=outputs.VOCAB, n_long=2, n_short=2, output="object",
        tags=("out-object", "out-nontensor", "explicit-filter", "short-conv", "skip-D")),
+    _e("out_nested_namedtuple",
+       "returns (Out(logits=..., hidden=...), None) with Out = collections.namedtuple(...) made "
+       "inside forward (a new class every call)",
+       outputs.build_nested_namedtuple, vocab=outputs.VOCAB, n_long=1, n_short=1, output="tuple",
+       tags=("out-tuple", "out-nontensor", "explicit-filter", "short-conv", "skip-D")),
     _e("hyenadna_cont",
        "continuous HyenaDNA-style regressor [B, L, 4] -> [B, L, 3] (softplus tracks)",
        outputs.build_dna, d_in=outputs.D_IN, d_out=outputs.D_OUT, n_long=2, n_short=2,
@@ -270,6 +289,27 @@ ZOO: list[ZooEntry] = [
        "end may stream it exactly or refuse it clearly; not counted as a long conv) + one FFT conv",
        scan.build_cumsum, vocab=scan.VOCAB, n_long=1, n_short=0,
        tags=("cumsum", "explicit-filter")),
+    # ---------------------------------------------------------------- ssm.py
+    _e("s4d_contract",
+       "S4D LM: diagonal SSM kernel 2*Re(contract('hn,hnl->hl', C*(exp(dt*A)-1)/A, "
+       "exp(dt*A*arange(L)))) with `from opt_einsum import contract` (module global), complex "
+       "A from torch.complex, C by view_as_complex; rfft/irfft n=2L [..., :L], skip D, GELU, "
+       "Linear, pre-LayerNorm residual blocks",
+       ssm.build_s4d, vocab=ssm.VOCAB, n_long=2, n_short=0,
+       tags=("oe-contract", "modal", "skip-D", "channel-first", "fft-dim-last")),
+    _e("h3_contract",
+       "H3 LM: q/k/v projections, y = out(diag_ssm(shift_ssm(k) * v) * q); shift SSM kernel "
+       "written the H3 way (C[:, :min(N, L)], F.pad to L when N < L) in block 1 and as "
+       "oe.contract('hn,nl->hl', C, one-hot powers S^l e_0 over arange(L)) in block 2; diagonal "
+       "S4D kernel via contract; both SSMs FFT convs with n=2L",
+       ssm.build_h3, vocab=ssm.VOCAB, n_long=4, n_short=0,
+       tags=("oe-contract", "modal", "skip-D", "channel-first", "fft-dim-last")),
+    _e("s4d_bidirectional",
+       "REFUSE: S4D with a two-sided kernel (S4 bidirectional=True): "
+       "F.pad(k_fwd, (0, L)) + F.pad(k_bwd.flip(-1), (L, 0)), one FFT of size 2L, [..., :L]",
+       ssm.build_bidirectional, vocab=ssm.VOCAB, n_long=0, n_short=0,
+       streamable=False, refusal="non-causal",
+       tags=("oe-contract", "neg-bidirectional", "violates:causality", "violates:prefix")),
     # ---------------------------------------------------------------- negatives.py
     _e("neg_circular_fft",
        "REFUSE: circular FFT conv, rfft/irfft with n=L (no zero padding)",
@@ -308,6 +348,13 @@ ZOO: list[ZooEntry] = [
        negatives.build_length_norm, vocab=negatives.VOCAB, n_long=1, n_short=0,
        streamable=False, refusal="prefix",
        tags=("neg-prefix", "violates:prefix")),
+    _e("neg_block_restart",
+       "REFUSE: block-restarting conv: L front-padded to a multiple of 16, reshaped to blocks of "
+       "16, causal FFT conv (n=32) within each block only (blocks counted from the end of the "
+       "sequence)",
+       negatives.build_block_restart, vocab=negatives.VOCAB, n_long=0, n_short=0,
+       streamable=False, refusal="block-restarting",
+       tags=("violates:prefix",)),
 ]
 
 

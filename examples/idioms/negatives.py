@@ -18,6 +18,11 @@ Each one looks like an LCSM but mixes time in a way a streaming program cannot r
   LENGTH (``k / k.abs().sum(-1)``): each forward is causal, but the filter depends on the
   sequence length, so ``model(x[:, :l]) != model(x)[:, :l]``; a streaming program cannot
   reproduce it (prefix-consistency check of fold_filters).
+* :class:`BlockRestartLM` - a chunked conv: the sequence is zero-padded AT THE FRONT to a
+  multiple of 16, cut into blocks of 16, and each block gets its own causal FFT conv
+  (``n = 32``), so outputs restart every 16 positions; the blocks are counted from the end of
+  the sequence, so ``model(x[:, :l]) != model(x)[:, :l]``. Causal, but not one convolution
+  over the whole sequence.
 """
 
 from __future__ import annotations
@@ -145,6 +150,24 @@ class LengthNormFilterLM(_LM):
         return _causal_fft_conv(x.transpose(1, 2), k).transpose(1, 2)  # LONG CONV
 
 
+class BlockRestartLM(_LM):
+    block = 16
+
+    def __init__(self):
+        super().__init__()
+        taps = torch.exp(-torch.arange(self.block) / 6.0)[:, None]
+        self.k = nn.Parameter(torch.randn(self.block, D) * 0.3 * taps)  # [16, D], time first
+
+    def mix(self, x):
+        B, L, C = x.shape
+        b = self.block
+        u = F.pad(x, (0, 0, (-L) % b, 0))  # front pad: whole blocks, counted from the end
+        chunks = u.reshape(B, -1, b, C)  # [B, L_pad // 16, 16, C]
+        spec = torch.fft.rfft(chunks, n=2 * b, dim=2) * torch.fft.rfft(self.k, n=2 * b, dim=0)
+        y = torch.fft.irfft(spec, n=2 * b, dim=2)[:, :, :b].contiguous()  # BLOCK-RESTARTING: per block
+        return y.reshape(B, -1, C)[:, -L:]
+
+
 def _mk(cls, seed):
     def build():
         torch.manual_seed(seed)
@@ -161,3 +184,4 @@ build_softmax_pool = _mk(SoftmaxPoolLM, 1004)
 build_flip = _mk(BiHyenaLM, 1005)
 build_next_token = _mk(NextTokenMixLM, 1006)
 build_length_norm = _mk(LengthNormFilterLM, 1007)
+build_block_restart = _mk(BlockRestartLM, 1008)

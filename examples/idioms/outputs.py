@@ -9,11 +9,14 @@ by a decay buffer), wrapped by heads that return
 * :class:`CausalLMOutput` - a dataclass with ``.logits``, ``.hidden_states`` (a tuple of
   tensors, one per layer), and non-tensor entries ``past_key_values=None`` and
   ``model_name`` (a str) that pass through;
+* ``(Out(logits=..., hidden=...), None)`` - a namedtuple nested in a tuple, whose class is
+  created inside ``forward`` (a new class object on every call);
 * a continuous ``[B, L, 4] -> [B, L, 3]`` regressor (DNA one-hot in, per-position track out).
 """
 
 from __future__ import annotations
 
+import collections
 from dataclasses import dataclass
 from typing import Optional
 
@@ -96,6 +99,14 @@ class ObjectOutLM(TupleOutLM):
         return CausalLMOutput(logits=self.lm_head(hidden), hidden_states=all_h)
 
 
+class NestedNamedTupleLM(TupleOutLM):
+    def forward(self, input_ids):
+        # the namedtuple class is made on every call (as some wrappers do): no two outputs share it
+        Out = collections.namedtuple("Out", "logits hidden")
+        hidden = self.backbone(self.embeddings(input_ids))
+        return Out(logits=self.lm_head(hidden), hidden=hidden), None
+
+
 class DNARegressor(nn.Module):
     """HyenaDNA-style continuous model: one-hot / soft nucleotides in, per-position tracks out."""
 
@@ -129,6 +140,12 @@ def build_object():
     """2 layers: 2 LONG, 2 SHORT; returns CausalLMOutput (.logits, tuple, None, str)."""
     torch.manual_seed(803)
     return ObjectOutLM(VOCAB, d_model=16, n_layer=2).eval()
+
+
+def build_nested_namedtuple():
+    """1 layer: 1 LONG, 1 SHORT; returns (Out(logits, hidden), None), Out made in forward."""
+    torch.manual_seed(805)
+    return NestedNamedTupleLM(VOCAB, d_model=16, n_layer=1).eval()
 
 
 def build_dna():

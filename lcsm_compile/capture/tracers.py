@@ -10,6 +10,9 @@ with its batch and time dims symbolic. Two tracers, the first that gives a graph
   ``no_grad`` (functionalizes in-place buffer updates, keeps ``math.log2``-style size
   arithmetic symbolic).
 
+During both, ``SymInt.bit_length`` stays symbolic and ``opt_einsum.contract`` runs plain tensor
+calls as ``torch.einsum`` (:mod:`.symbolic`, :mod:`.helpers`; both undone when the trace ends).
+
 The result ``gm`` has exactly one placeholder, the model input; parameters, buffers and tensor
 constants are ``get_attr`` nodes that point at the user's own tensors (no copies); every size
 is derived from the input with ``aten.sym_size.int`` nodes, so running ``gm`` at another length
@@ -36,6 +39,7 @@ import sympy
 import torch
 import torch.fx as fx
 
+from .helpers import routed_contract
 from .inputs import capture_input, input_kind_of, unwrap_model
 from .outputs import OutSpec, flatten_output
 from .source import source_of_exception
@@ -55,6 +59,10 @@ class Captured:
     sympy Symbol of the batch size or None. ``example_args``: real arguments of ``gm`` at the
     capture shape. ``fake_mode``: the fake mode whose shape env owns the symbols.
     ``valid_range``: ``(lo, hi)`` lengths the graph is valid for (hi None = unbounded).
+    ``routed``: the ``opt_einsum.contract`` calls the trace ran as ``torch.einsum``,
+    ``(equation, user's file:line or None)``, each once
+    (:func:`~lcsm_compile.capture.helpers.routed_contract`); when not empty the pipeline
+    checks the graph equal to the eager model.
     """
 
     gm: Optional[fx.GraphModule]
@@ -70,6 +78,7 @@ class Captured:
     valid_range: Tuple[int, Optional[int]] = (2, None)
     mutated_buffers: List[Tuple[str, bool]] = dataclasses.field(default_factory=list)
     error: Optional[Tuple[str, Optional[str], Optional[str]]] = None
+    routed: Tuple[Tuple[str, Optional[str]], ...] = ()
 
     @property
     def symbolic(self) -> bool:
@@ -139,7 +148,7 @@ def _bind_tensor(gm: fx.GraphModule, node: fx.Node, tensor: torch.Tensor, name: 
     return ga
 
 
-def _finish(gm, data, kind, spec, xc, time_dim, mutated, fake_mode) -> Captured:
+def _finish(gm, data, kind, spec, xc, time_dim, mutated, fake_mode, routed=()) -> Captured:
     sizes_from_input(gm, data)
     shape = val(data).shape
     tsym = to_expr(shape[time_dim])
@@ -154,7 +163,7 @@ def _finish(gm, data, kind, spec, xc, time_dim, mutated, fake_mode) -> Captured:
                    bsym if isinstance(bsym, sympy.Symbol) else None, [xc],
                    fake_mode=fake_mode, input_kind=kind, out_spec=spec,
                    capture_len=xc.shape[time_dim], valid_range=vr,
-                   mutated_buffers=mutated)
+                   mutated_buffers=mutated, routed=tuple(dict.fromkeys(routed)))
     if not isinstance(tsym, sympy.Symbol):
         cap.error = ("the sequence length was specialized to a constant while tracing", "capture", None)
     return cap
@@ -198,6 +207,7 @@ def _capture_dynamo_inner(model, xc, kind, time_dim, store, outer) -> Captured:
     from torch._guards import detect_fake_mode
 
     err = None
+    routed: List[Tuple[str, Optional[str]]] = []
     for mark_batch in (True, False):
         store.clear()
         mcopy = copy.deepcopy(model)  # forward may cache things on self
@@ -211,7 +221,7 @@ def _capture_dynamo_inner(model, xc, kind, time_dim, store, outer) -> Captured:
         if mark_batch:
             torch._dynamo.mark_dynamic(xd, 0)
         try:
-            with torch.no_grad(), symbolic_bit_length():
+            with torch.no_grad(), symbolic_bit_length(), routed_contract(mcopy) as routed:
                 out = torch.compile(_fresh_function(f), backend=outer, fullgraph=True)(xd)
             err = None
             break
@@ -296,7 +306,7 @@ def _capture_dynamo_inner(model, xc, kind, time_dim, store, outer) -> Captured:
     g.eliminate_dead_code()
     g.lint()
     gm.recompile()
-    return _finish(gm, data, kind, spec, xc, time_dim, mutated, detect_fake_mode(store["fake"]))
+    return _finish(gm, data, kind, spec, xc, time_dim, mutated, detect_fake_mode(store["fake"]), routed)
 
 
 def _capture_make_fx(model, xc, kind, time_dim) -> Captured:
@@ -318,7 +328,7 @@ def _capture_make_fx(model, xc, kind, time_dim) -> Captured:
         return [x for x in leaves if isinstance(x, torch.Tensor)]
 
     try:
-        with torch.no_grad(), symbolic_bit_length():
+        with torch.no_grad(), symbolic_bit_length(), routed_contract(mcopy) as routed:
             gm = make_fx(f, tracing_mode="symbolic", decomposition_table=core_aten_decompositions(),
                          record_stack_traces=True, _allow_non_fake_inputs=True)(xc)
     except Exception as e:  # noqa: BLE001
@@ -343,7 +353,7 @@ def _capture_make_fx(model, xc, kind, time_dim) -> Captured:
     gm.graph.eliminate_dead_code()
     gm.graph.lint()
     gm.recompile()
-    return _finish(gm, data, kind, spec, xc, time_dim, [], detect_fake_mode([val(data)]))
+    return _finish(gm, data, kind, spec, xc, time_dim, [], detect_fake_mode([val(data)]), routed)
 
 
 def capture_model(model: Any, example: torch.Tensor, *, time_dim: int = 1,

@@ -57,13 +57,14 @@ def _first_line(e: BaseException) -> str:
 
 def global_checks(gm: fx.GraphModule, captured: fx.GraphModule, analysis: Analysis,
                   example: torch.Tensor, probe_lengths: Sequence[int], records: Sequence[ConvRecord],
-                  other_refusals: bool) -> List[Refusal]:
-    """End-to-end checks of the rewritten graph ``gm`` (module doc); returns refusals."""
+                  other_refusals: bool, min_len: int = 1) -> List[Refusal]:
+    """End-to-end checks of the rewritten graph ``gm`` (module doc); returns refusals. Every
+    probe is at least ``min_len`` long (a graph valid past some length only)."""
     with probe_threads():
-        return _global_checks(gm, captured, analysis, example, probe_lengths, records, other_refusals)
+        return _global_checks(gm, captured, analysis, example, probe_lengths, records, other_refusals, min_len)
 
 
-def _global_checks(gm, captured, analysis, example, probe_lengths, records, other_refusals) -> List[Refusal]:
+def _global_checks(gm, captured, analysis, example, probe_lengths, records, other_refusals, min_len) -> List[Refusal]:
     for L in probe_lengths:
         x = probe_input(example, L, 17 + L)
         try:
@@ -78,7 +79,7 @@ def _global_checks(gm, captured, analysis, example, probe_lengths, records, othe
         return []
     tds = _outputs_time_dims(gm, analysis)
     L2 = max(probe_lengths) + 3
-    L1 = L2 // 2 + 1
+    L1 = max(L2 // 2 + 1, min(min_len, L2 - 1))
     x2 = probe_input(example, L2, 99)
     x1 = x2[:, :L1].contiguous()
     x3 = x2.clone()

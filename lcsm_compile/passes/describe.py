@@ -13,39 +13,31 @@ from __future__ import annotations
 
 from typing import Dict, List, Optional, Sequence
 
-import sympy
 import torch
 import torch.fx as fx
 
 from ..report import ConvRecord, Refusal
 from .common import op_name, size_exprs, user_code, user_source, val
 from .region import Region
-from .time_axis import Analysis, TimeAxis
+from .time_axis import Analysis, RegionReason, TimeAxis, user_expr
 
 __all__ = ["conv_records", "refusals_of", "region_reasons", "fmt_shape", "fmt_expr"]
 
 
 def fmt_shape(node: fx.Node, ta: TimeAxis) -> str:
-    """The node's shape with the length as ``L`` and the batch as ``B``: ``[B, L, 64]``."""
+    """The node's shape in the user's terms (:func:`~.time_axis.user_expr`): ``[B, L, 64]``."""
     s = size_exprs(node)
     if s is None:
         return "?"
-    rep = {}
-    if isinstance(ta.symbol, sympy.Symbol):
-        rep[ta.symbol] = sympy.Symbol("L")
-    if isinstance(ta.batch, sympy.Symbol):
-        rep[ta.batch] = sympy.Symbol("B")
-    return "[" + ", ".join(str(ta.normalize(e).xreplace(rep)) for e in s) + "]"
+    return "[" + ", ".join(user_expr(e, ta) for e in s) + "]"
 
 
 def fmt_expr(e, ta: TimeAxis) -> Optional[str]:
-    """A size expression with the length as ``L``."""
+    """A size expression in the user's terms (:func:`~.time_axis.user_expr`): ``2*L``,
+    ``2**ceil(log2(2*L))``, ``16*ceil(L/16)``; None for None."""
     if e is None:
         return None
-    try:
-        return str(ta.normalize(e).xreplace({ta.symbol: sympy.Symbol("L")})) if isinstance(ta.symbol, sympy.Symbol) else str(e)
-    except Exception:  # noqa: BLE001
-        return str(e)
+    return user_expr(e, ta)
 
 
 def _filter_origin(r: Region, data_dep: set) -> str:
@@ -96,16 +88,39 @@ def _layout(r: Region) -> str:
 
 
 def region_reasons(regions: Sequence[Region]) -> Dict[str, str]:
-    """``{node name: reason}`` for every node of a region that failed matching or verification."""
-    out = {}
+    """``{node name: reason}`` for every node of a region that failed matching or verification.
+
+    Each reason is a :class:`~.time_axis.RegionReason` (a ``str``) that names the region's
+    anchor: the region's member nodes then make one refusal (:func:`refusals_of`), whatever
+    lines they are on, instead of one per line or a second, less precise reason per node."""
+    out: Dict[str, str] = {}
     for r in regions:
         if r.problem is None:
             continue
         reason = r.problem
         if "causal" not in reason and "circular" not in reason:
             reason = "non-causal or unsupported convolution region: " + reason
-        for m in [r.anchor] + list(r.nodes):
-            out[m.name] = reason
+        tagged = RegionReason(reason, r.anchor.name)
+        for m in [r.anchor] + list(r.nodes) + _feeds_only(r):
+            out[m.name] = tagged
+    return out
+
+
+def _feeds_only(r: Region) -> List[fx.Node]:
+    """The nodes (besides ``u``) whose every use is inside the region, transitively: its filter
+    side (``k[:, :L]``, its pad and FFT). A failed region's filter FFT over time is then refused
+    with the region's reason, not as a second "FFT over the time axis" refusal."""
+    inside = set([r.anchor] + list(r.nodes))
+    out: List[fx.Node] = []
+    stack = [a for m in inside for a in m.all_input_nodes]
+    while stack:
+        a = stack.pop()
+        if a in inside or a is r.u or a.op in ("placeholder", "output", "get_attr"):
+            continue
+        if a.users and all(u in inside for u in a.users):
+            inside.add(a)
+            out.append(a)
+            stack.extend(a.all_input_nodes)
     return out
 
 
@@ -131,15 +146,28 @@ def conv_records(new: fx.GraphModule, regions: Sequence[Region], ta: TimeAxis, d
 
 
 def refusals_of(new: fx.GraphModule, analysis: Analysis) -> List[Refusal]:
-    """One refusal per distinct (reason, source line) among the unsupported nodes."""
+    """One refusal per failed convolution region (named by its anchor, the inverse FFT or the
+    convolution, when that node is in the graph; else by its first unsupported member), and one
+    per distinct (reason, source line) among the other unsupported nodes. A line that already
+    has a region's refusal gets no second, less precise one from a node of the same region."""
     refusals: List[Refusal] = []
     seen = set()
     by_name = {n.name: n for n in new.graph.nodes}
-    for name, info in analysis.unsupported().items():
+    unsupported = analysis.unsupported()
+    for name, info in unsupported.items():
         n = by_name[name]
-        key = (info.reason, user_source(n))
-        if key in seen:
-            continue
-        seen.add(key)
-        refusals.append(Refusal(op_name(n), user_source(n), info.reason, name, user_code(n)))
+        if info.region is not None:
+            if ("region", info.region) in seen:
+                continue
+            seen.add(("region", info.region))
+            anchor = by_name.get(info.region)
+            if anchor is not None:
+                n, name = anchor, anchor.name
+            seen.add((info.reason, user_source(n)))
+        else:
+            key = (info.reason, user_source(n))
+            if key in seen:
+                continue
+            seen.add(key)
+        refusals.append(Refusal(op_name(n), user_source(n), str(info.reason), name, user_code(n)))
     return refusals

@@ -32,7 +32,7 @@ from .time_axis import TimeAxis
 
 aten = torch.ops.aten
 
-__all__ = ["match_long_convs", "is_inverse_fft"]
+__all__ = ["match_long_convs", "match_scans", "is_inverse_fft", "circular_reason", "CIRCULAR"]
 
 
 def is_inverse_fft(n: fx.Node) -> bool:
@@ -53,19 +53,40 @@ def _tdim(n: fx.Node, ta: TimeAxis):
     return d[0] if len(d) == 1 else None
 
 
+#: how the match names an FFT size that wraps around (verify refines such regions by probes)
+CIRCULAR = "circular FFT convolution"
+
+
+def _size_at(n_expr, ta: TimeAxis, L: int):
+    """The FFT size at length ``L`` (an int), or None when it cannot be evaluated."""
+    try:
+        v = n_expr.subs(ta.symbol, L)
+        return int(v) if v.is_number else None
+    except Exception:  # noqa: BLE001 - opaque torch sympy functions
+        return None
+
+
 def _fft_size_ok(n_expr, ta: TimeAxis):
     """False if the FFT size is provably < 2L - 1 for some L in 2..64 (circular wrap-around)."""
     if not ta.symbolic:
         return int(n_expr) >= 2 * int(ta.symbol) - 1
     for L in (2, 3, 5, 8, 13, 31, 64):
-        try:
-            v = n_expr.subs(ta.symbol, L)
-            v = int(v) if v.is_number else None
-        except Exception:  # noqa: BLE001 - opaque torch sympy functions
-            v = None
+        v = _size_at(n_expr, ta, L)
         if v is not None and v < 2 * L - 1:
             return False
     return True
+
+
+def circular_reason(n_expr, ta: TimeAxis) -> str:
+    """``circular FFT convolution: FFT size n = L < 2L - 1 wraps around`` with the size in the
+    user's terms, and from which length on when it does not wrap at every length (a fixed
+    ``n = 32``: ``for L > 16``)."""
+    n = ta.user_expr(n_expr)
+    if not ta.symbolic:
+        return f"{CIRCULAR}: FFT size n = {n} < 2L - 1 = {2 * int(ta.symbol) - 1} wraps around (L = {int(ta.symbol)})"
+    first = next((L for L in range(2, 129) if (v := _size_at(n_expr, ta, L)) is not None and v < 2 * L - 1), None)
+    when = f" for L > {first - 1}" if first is not None and first > 2 else ""
+    return f"{CIRCULAR}: FFT size n = {n} < 2L - 1 wraps around{when}"
 
 
 def match_long_convs(gm: fx.GraphModule, ta: TimeAxis, data_dep: Set[str]) -> List[Region]:
@@ -111,12 +132,15 @@ def match_long_convs(gm: fx.GraphModule, ta: TimeAxis, data_dep: Set[str]) -> Li
                          "(not a convolution with a fixed filter)") if us else \
                 "no input-dependent signal of length L before the FFT"
         elif y is None:
-            r.problem = "no [:L] slice back to length L after the inverse FFT"
+            r.problem = (f"no [:L] slice back to length L after the inverse FFT (its output has "
+                         f"{ta.user_expr(n_expr)} positions along the FFT dim)")
         elif not _fft_size_ok(n_expr, ta):
-            r.problem = f"circular FFT convolution: FFT size n = {n_expr} < 2L - 1 wraps around"
+            r.problem = circular_reason(n_expr, ta)
         if len(us) == 1 and y is not None:  # also for flagged regions: the probe can still run
             r.u_tdim, r.y_tdim = _tdim(r.u, ta), _tdim(y, ta)
             r.nodes = topo_between([r.u], y, allowed=dep)
+        elif len(us) == 1:  # no way back to L: the nodes from u to the anchor are the region
+            r.nodes = topo_between([r.u], n, allowed=dep)
         if r.problem is None:
             inside = set(r.nodes) | {r.u}
             for m in r.nodes:

@@ -71,9 +71,10 @@ def match_conv_regions(gm: fx.GraphModule, ta: TimeAxis, data_dep: Set[str]) -> 
             nodes.append(y)
         r.u, r.y, r.nodes, r.u_tdim, r.y_tdim, r.left_pad = u, y, nodes, 2, 2, lp
         if r.problem is None and not ta.is_time(size_exprs(u)[-1]):
-            r.problem = "the convolution input is not of length L"
+            r.problem = f"the convolution input has length {ta.user_expr(size_exprs(u)[-1])}, not L"
         if r.problem is None and not ta.is_time(size_exprs(y)[-1]):
-            r.problem = "the convolution output is not of length L (no [:L] slice)"
+            r.problem = (f"the convolution output has length {ta.user_expr(size_exprs(y)[-1])}, "
+                         "not L (no [:L] slice)")
         if r.problem is None and r.kind == "short" and not isinstance(x.target, type(None)) \
                 and not isinstance(lp, int):
             r.problem = "symbolic padding of a short convolution"

@@ -174,7 +174,8 @@ def _rewrite_one(g: fx.Graph, em: _Emitter, r0: Region, by_name: Dict[str, fx.No
             kfull = env[y]
             kperm = canon_perm(yv.dim(), r0.y_tdim)
             kp = g.call_function(aten.permute.default, (kfull, kperm))
-            if bfront:  # batch row 0 (the filter side may broadcast the batch back in)
+            if bfront or r0.batch_dim0:  # batch row 0 (the filter side may broadcast the batch
+                # back in; a static batch in conv layout stays in the impulse: every row is k)
                 kp = g.call_function(aten.select.int, (kp, 0, 0))
             k = g.call_function(aten.reshape.default, (kp, [-1, Lnode]))
             out = g.call_function(torch.ops.lcsm.long_conv.default, (uc, k))

@@ -33,7 +33,7 @@ import torch.fx as fx
 from .common import LONG_CONV, SHORT_CONV
 from .fold_filters import Folded
 
-__all__ = ["Slot", "build_prefill_graph", "build_step_graph", "bind_slots"]
+__all__ = ["Slot", "build_prefill_graph", "build_step_graph", "bind_slots", "rename_slots"]
 
 
 class Slot:
@@ -48,6 +48,17 @@ class Slot:
 
     def __repr__(self) -> str:
         return f"Slot({self.name!r}, {self.mode!r})"
+
+
+def rename_slots(gm: fx.GraphModule, names: Dict[str, str]) -> fx.GraphModule:
+    """A copy of ``gm`` (sharing its constants) whose slots name ``names[slot name]`` instead."""
+    g = copy.deepcopy(gm.graph)
+    for n in g.nodes:
+        if n.op == "call_function" and isinstance(n.target, Slot):
+            n.target = Slot(names[n.target.name], n.target.mode)
+    out = fx.GraphModule(gm, g)
+    out.recompile()
+    return out
 
 
 def bind_slots(gm: fx.GraphModule, members: Dict[str, Any]) -> fx.GraphModule:

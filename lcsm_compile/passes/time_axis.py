@@ -25,7 +25,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import functools
 import operator
+import re
 from typing import Any, Dict, Iterable, List, Optional, Sequence, Union
 
 import sympy
@@ -36,7 +38,8 @@ from .common import op_name, size_exprs, to_expr, val
 
 aten = torch.ops.aten
 
-__all__ = ["NodeClass", "NodeInfo", "Analysis", "TimeAxis", "classify", "data_dependent", "length_bound"]
+__all__ = ["NodeClass", "NodeInfo", "Analysis", "TimeAxis", "classify", "data_dependent", "filter_only", "length_bound",
+           "RegionReason", "user_expr"]
 
 
 class NodeClass(str, enum.Enum):
@@ -51,11 +54,203 @@ class NodeClass(str, enum.Enum):
 @dataclasses.dataclass(frozen=True)
 class NodeInfo:
     """Per-node result: the class, the time dim of the value (None: no time dim), and for
-    UNSUPPORTED nodes the reason."""
+    UNSUPPORTED nodes the reason; ``region``: the anchor name of the failed convolution region
+    the reason comes from (its member nodes make ONE refusal), None otherwise."""
 
     cls: NodeClass
     time_dim: Optional[int] = None
     reason: Optional[str] = None
+    region: Optional[str] = None
+
+
+class RegionReason(str):
+    """The reason a convolution region failed (a ``str``), tagged with the region's anchor node
+    name (``.region``): :func:`classify` records it in :attr:`NodeInfo.region` so that the
+    region's member nodes give one refusal, not one per node or line."""
+
+    region: Optional[str]
+
+    def __new__(cls, text: str, region: Optional[str] = None) -> "RegionReason":
+        obj = super().__new__(cls, text)
+        obj.region = region
+        return obj
+
+    def __reduce__(self):
+        return (RegionReason, (str(self), self.region))
+
+
+# ----------------------------------------------------------------------------- sizes for people
+#: the names sizes are printed with: the length ``L``, the batch ``B``
+_L = sympy.Symbol("L", integer=True, positive=True)
+_B = sympy.Symbol("B", integer=True, positive=True)
+_log2 = sympy.Function("log2")
+_round = sympy.Function("round")
+
+
+def _plain(e: Any) -> Any:
+    """``e`` with torch's sympy functions (``FloorDiv``, ``PythonMod``, ``CeilToInt``,
+    ``PowByNatural``, ``OpaqueUnaryFn_log2``, ...) rewritten as plain sympy (floor, ceiling,
+    powers), so that sympy can simplify and print them."""
+    if not isinstance(e, sympy.Basic) or not e.args:
+        return e
+    a = [_plain(x) for x in e.args]
+    name = type(e).__name__
+    if name == "FloorDiv":
+        return sympy.floor(a[0] / a[1])
+    if name == "CeilDiv":
+        return sympy.ceiling(a[0] / a[1])
+    if name in ("CleanDiv", "IntTrueDiv", "FloatTrueDiv"):
+        return a[0] / a[1]
+    if name in ("PythonMod", "Mod"):
+        return a[0] - a[1] * sympy.floor(a[0] / a[1])
+    if name == "ModularIndexing":  # (x // d) % m
+        q = sympy.floor(a[0] / a[1])
+        return q - a[2] * sympy.floor(q / a[2])
+    if name == "CeilToInt":
+        return sympy.ceiling(a[0])
+    if name in ("FloorToInt", "TruncToInt"):  # sizes are >= 0: truncation is the floor
+        return sympy.floor(a[0])
+    if name == "RoundToInt":
+        return _round(a[0])
+    if name in ("ToFloat", "TruncToFloat", "Identity"):
+        return a[0]
+    if name in ("PowByNatural", "FloatPow"):
+        return a[0] ** a[1]
+    if name == "LShift":
+        return a[0] * 2 ** a[1]
+    if name == "RShift":
+        return sympy.floor(a[0] / 2 ** a[1])
+    if name == "OpaqueUnaryFn_log2":
+        return _log2(a[0])
+    if name.startswith("OpaqueUnaryFn_"):
+        return sympy.Function(name[len("OpaqueUnaryFn_"):])(a[0])
+    if name == "Min":
+        return sympy.Min(*a)
+    if name == "Max":
+        return sympy.Max(*a)
+    try:
+        return e.func(*a)
+    except Exception:  # noqa: BLE001 - an opaque function: keep its name
+        return sympy.Function(name)(*a)
+
+
+def _tidy(e: Any) -> Any:
+    """``floor(-x) = -ceil(x)``, ``ceil(-x) = -floor(x)``, ``floor(ceil(x)) = ceil(x)`` (and
+    the like), and ``log2(2**k * x) = k + log2(x)``: the forms sympy does not reach alone."""
+    def fl(x):
+        if x.args[0].could_extract_minus_sign():
+            return -sympy.ceiling(-x.args[0])
+        return x
+
+    def ce(x):
+        if x.args[0].could_extract_minus_sign():
+            return -sympy.floor(-x.args[0])
+        return x
+
+    for _ in range(3):
+        old = e
+        e = e.replace(lambda x: isinstance(x, sympy.floor), fl)
+        e = e.replace(lambda x: isinstance(x, sympy.ceiling), ce)
+        e = e.replace(lambda x: isinstance(x, (sympy.floor, sympy.ceiling)) and
+                      isinstance(x.args[0], (sympy.floor, sympy.ceiling)), lambda x: x.args[0])
+        if e == old:
+            break
+    return e
+
+
+_mod = sympy.Function("mod")
+
+
+def _mods(e: Any) -> Any:
+    """``x - c*floor(x/c)`` printed as ``x mod c`` (``x`` one term of the sum)."""
+    if not isinstance(e, sympy.Basic):
+        return e
+    if e.args and not isinstance(e, sympy.Add):
+        return e.func(*[_mods(a) for a in e.args]) if not isinstance(e, sympy.Function) or \
+            isinstance(e, (sympy.floor, sympy.ceiling)) else e
+    if not isinstance(e, sympy.Add):
+        return e
+    terms = list(e.args)
+    for t in list(terms):
+        c, rest = t.as_coeff_Mul()
+        if c.is_Integer and c < -1 and isinstance(rest, sympy.floor):
+            x = sympy.expand(rest.args[0] * (-c))
+            if x in terms:
+                terms.remove(t)
+                terms.remove(x)
+                terms.append(_mod(x, -c))
+    return sympy.Add(*terms) if len(terms) != len(e.args) else e
+
+
+class _UserPrinter(sympy.printing.str.StrPrinter):
+    """``ceil(...)`` for ``ceiling(...)``, ``(x mod c)``."""
+
+    def _print_ceiling(self, e):
+        return f"ceil({self._print(e.args[0])})"
+
+    def _print_floor(self, e):
+        return f"floor({self._print(e.args[0])})"
+
+    def _print_Function(self, e):
+        if e.func == _mod:
+            return f"({self._print(e.args[0])} mod {self._print(e.args[1])})"
+        return super()._print_Function(e)
+
+
+def user_expr(e: Any, ta: Optional["TimeAxis"] = None) -> str:
+    """A size as the user thinks of it: the length symbol printed as ``L``, the batch as ``B``
+    (any other size symbol as ``N1``, ``N2``, ...), ``Min(L, c)`` read as ``L`` (the analysis
+    records the bound separately), torch's ``FloorDiv`` / ``PythonMod`` / ``CeilToInt`` /
+    ``PowByNatural`` rewritten as floor / ceil / powers and simplified where sympy can:
+    ``L + PythonMod(-L, 16)`` -> ``16*ceil(L/16)``, ``PowByNatural(2, CeilToInt(log2(2*L)))``
+    -> ``2**ceil(log2(2*L))``. Never a raw ``s<digits>`` symbol. Ints and SymInts are accepted."""
+    if e is None:
+        return "?"
+    if isinstance(e, bool):
+        return str(e)
+    if isinstance(e, (int, float)):
+        return str(e)
+    if isinstance(e, torch.SymInt):
+        e = to_expr(e)
+    if not isinstance(e, sympy.Basic):
+        return str(e)
+    if ta is not None:
+        e = ta.normalize(e)
+    L = ta.symbol if ta is not None and isinstance(ta.symbol, sympy.Symbol) else None
+    B = ta.batch if ta is not None and isinstance(getattr(ta, "batch", None), sympy.Symbol) else None
+    try:
+        return _user_expr(e, L, B)
+    except Exception:  # noqa: BLE001 - never fail a message for its size
+        return re.sub(r"\bs\d+\b", "N", str(e))
+
+
+@functools.lru_cache(maxsize=1024)
+def _user_expr(e: sympy.Basic, L: Optional[sympy.Symbol], B: Optional[sympy.Symbol]) -> str:
+    """:func:`user_expr` of a normalized expression (cached: every record of a model with the
+    same FFT size asks for the same string)."""
+    rep = {}
+    if L is not None:
+        rep[L] = _L
+    if B is not None:
+        rep[B] = _B
+    others = sorted((s for s in e.free_symbols if s not in rep and s.name not in ("L", "B")),
+                    key=lambda s: s.name)
+    for i, s in enumerate(others):
+        rep[s] = sympy.Symbol(f"N{i + 1}", integer=True, positive=True)
+    e = _plain(e).xreplace(rep)
+    if e.atoms(sympy.Function):  # floor / ceil / log2 ...: worth sympy's simplify
+        e = _tidy(sympy.expand(e))
+        try:
+            s2 = _tidy(sympy.simplify(e))
+            if sympy.count_ops(s2) <= sympy.count_ops(e):
+                e = s2
+        except Exception:  # noqa: BLE001 - keep the unsimplified form
+            pass
+        e = _mods(e)
+    else:  # a polynomial in L, B: the cheap path (every record's shapes come here)
+        e = sympy.expand(e)
+    return _UserPrinter().doprint(e)
+
 
 
 def _is_min_of_time(x: Any, L: sympy.Symbol) -> bool:
@@ -115,6 +310,10 @@ class TimeAxis:
         if q == 1 or (self.batch is not None and q.free_symbols == {self.batch}):
             return False  # L itself, or L merged with the batch (B*L)
         return True  # 2L, L+1, 2L-1, 2**ceil(log2(2L)), ...
+
+    def user_expr(self, e: Any) -> str:
+        """``e`` in the user's terms (``L``, ``B``, ``ceil``/``floor``): see :func:`user_expr`."""
+        return user_expr(e, self)
 
     def time_dims(self, node_or_val) -> List[int]:
         s = size_exprs(node_or_val)
@@ -406,16 +605,34 @@ def classify(gm: fx.GraphModule, ta: TimeAxis, data_inputs: Sequence[str],
             info[n.name] = NodeInfo(NodeClass.POINTWISE, r)
         else:
             reason = region_reasons.get(n.name, r)
-            info[n.name] = NodeInfo(NodeClass.UNSUPPORTED, td, reason=reason)
+            region = getattr(reason, "region", None)
+            info[n.name] = NodeInfo(NodeClass.UNSUPPORTED, td, reason=str(reason), region=region)
     return Analysis(info, ta.symbol, ta.batch)
 
 
-def length_bound(ta: TimeAxis, graphs: Iterable[fx.GraphModule]) -> Optional[int]:
+def filter_only(gm: fx.GraphModule) -> set:
+    """Names of the nodes whose values reach the outputs only as convolution filters: every
+    use is the filter/weight argument of an ``lcsm`` op or another filter-only node. A size
+    ``Min(L, N)`` there is a filter of ``N`` taps (zero beyond them), valid at every length."""
+    convs = (torch.ops.lcsm.long_conv.default, torch.ops.lcsm.short_conv.default)
+    out: set = set()
+    for n in reversed(list(gm.graph.nodes)):
+        if n.op in ("output", "placeholder") or not n.users:
+            continue
+        if all((u.target in convs and u.args[0] is not n) or u.name in out for u in n.users):
+            out.add(n.name)
+    return out
+
+
+def length_bound(ta: TimeAxis, graphs: Iterable[fx.GraphModule], skip: Iterable[str] = ()) -> Optional[int]:
     """The largest length the analysis of ``graphs`` holds for: the smallest ``c`` of every
-    ``Min(L, c)`` in a size of any node (None: any length)."""
+    ``Min(L, c)`` in a size of any node but those named in ``skip`` (None: any length)."""
+    skip = set(skip)
     bounds: set = set()
     for gm in graphs:
         for n in gm.graph.nodes:
+            if n.name in skip:
+                continue
             v = val(n)
             exprs = size_exprs(n) or ([to_expr(v)] if isinstance(v, torch.SymInt) else [])
             for e in exprs:

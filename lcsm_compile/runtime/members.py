@@ -52,8 +52,10 @@ class ShortMember:
         self._pending: Optional[torch.Tensor] = None
 
     def prefill(self, u: torch.Tensor) -> torch.Tensor:
-        u3 = u.reshape(self.batch, self.C, u.shape[-1])
-        y = short_conv(u3, self.w, self.bias)
+        P = u.shape[-1]
+        u3 = u.reshape(self.batch, self.C, P)
+        # an empty prompt: no outputs, the window stays as it is (the op cannot reshape 0 elements)
+        y = short_conv(u3, self.w, self.bias) if P > 0 else u3.clone()
         tail = torch.cat([self.buf, u3], -1)[..., -(self.K - 1):] if self.K > 1 else self.buf
         self._pending = tail
         return y.reshape(u.shape)

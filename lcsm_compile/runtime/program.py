@@ -43,6 +43,8 @@ class StreamProgram:
     step_gm: fx.GraphModule
     engine_kind: str
     step_fn: Callable
+    #: ``(hi, prefill program)`` for prompts of length ``<= hi`` (models whose graph branches on L)
+    short_prefills: List[Any] = dataclasses.field(default_factory=list)
 
     @property
     def lowered(self):
@@ -64,8 +66,12 @@ class StreamProgram:
 
     def prefill(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Run the prefill graph on ``x [B, P, ...]`` (position 0); returns the tensor outputs."""
+        P = x.shape[1]
+        gm = next((g for hi, g in self.short_prefills if P <= hi), self.prefill_gm)
+        if gm is self.prefill_gm and P < self.plan.lowered.valid_range[0] and self.short_prefills:
+            return self._prefill_then_steps(x)
         try:
-            outs = self.prefill_gm(x)
+            outs = gm(x)
         except BaseException:
             self.reset()
             raise
@@ -74,6 +80,21 @@ class StreamProgram:
         for s in self.shorts.values():
             s.commit()
         return list(outs)
+
+    def _prefill_then_steps(self, x: torch.Tensor) -> List[torch.Tensor]:
+        """A prompt between the lengths the short and the long graph hold for: the longest
+        short prefill, then one step per remaining position (exact by construction)."""
+        hi = max(h for h, _ in self.short_prefills)
+        outs = [self.prefill(x[:, :hi])]
+        pos = torch.zeros(1, dtype=torch.long, device=x.device)
+        try:
+            for t in range(hi, x.shape[1]):
+                pos.fill_(t)
+                outs.append(self.step(x[:, t:t + 1].contiguous(), pos))
+        except BaseException:
+            self.reset()
+            raise
+        return [torch.cat([o[i] for o in outs], 1) for i in range(len(outs[0]))]
 
     def step(self, x_t: torch.Tensor, pos: torch.Tensor) -> List[torch.Tensor]:
         """Run one position; on any error, the state is rolled back to before the call."""
@@ -144,7 +165,8 @@ def instantiate(plan, engine: str = "online", compile_step: bool = False,
     prefill_gm = bind_slots(plan.prefill_gm, members)
     step_gm = bind_slots(plan.step_gm, members)
     step_fn = _compile(step_gm) if compile_step else step_gm
-    return StreamProgram(plan, engines, longs, shorts, prefill_gm, step_gm, engine, step_fn)
+    short = [(hi, bind_slots(g, members)) for hi, g in sorted(plan.short_prefills)]
+    return StreamProgram(plan, engines, longs, shorts, prefill_gm, step_gm, engine, step_fn, short)
 
 
 def _eval_attr(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:

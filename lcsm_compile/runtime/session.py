@@ -118,13 +118,31 @@ class Session:
         self._started = True
 
     def _empty_outputs(self, x: torch.Tensor) -> Any:
-        """Outputs of a 0-length prompt: the model's structure with 0 positions (state unchanged)."""
-        x1 = torch.zeros((x.shape[0], 1) + tuple(x.shape[2:]), dtype=x.dtype, device=x.device)
+        """Outputs of a 0-length prompt: the model's structure, dtypes and non-time sizes, with 0
+        positions along each output's time dim (an output without one, as the model returns
+        it). The lowered graph runs once on zeros at its shortest valid length (the graph
+        cannot run at length 0: FFT sizes would be 0); the state is not touched."""
+        low = self.program.lowered
+        L1 = max(1, int(low.valid_range[0] or 1))
+        x1 = torch.zeros((x.shape[0], L1) + tuple(x.shape[2:]), dtype=x.dtype, device=x.device)
         with torch.no_grad():
-            outs = self.program.lowered.gm(x1)
-        td = self.program.lowered.time_dim
-        return self._out_spec.unflatten([o.narrow(td, 0, 0) if isinstance(o, torch.Tensor) and o.dim() > td else o
-                                         for o in outs])
+            outs = list(low.gm(x1))
+        tds = self._output_time_dims(len(outs))
+        return self._out_spec.unflatten([o.narrow(td, 0, 0) if isinstance(o, torch.Tensor) and td is not None
+                                         and o.dim() > td else o for o, td in zip(outs, tds)])
+
+    def _output_time_dims(self, n: int) -> list:
+        """The time dim of each graph output (from the time-axis analysis; None: none), else
+        the model's time dim for all."""
+        low = self.program.lowered
+        an = getattr(low, "analysis", None)
+        nodes = list(low.gm.graph.find_nodes(op="output"))
+        if an is not None and nodes:
+            args = list(nodes[0].args[0])
+            if len(args) == n:
+                return [an.info[a.name].time_dim if hasattr(a, "name") and a.name in an.info else low.time_dim
+                        for a in args]
+        return [low.time_dim] * n
 
     def __repr__(self) -> str:
         p = self.program
