@@ -96,11 +96,13 @@ def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, 
             ``debug_dir`` (write each compiler stage's graph there), ``kernels`` ("auto": the
             engine's fused native CPU kernels where a C compiler builds them, else torch ops;
             "torch": torch ops only; "triton" is reserved for GPU kernels and not available
-            in this version).
+            in this version), ``threads`` (intra-op threads of each step, default 1, set and
+            restored around every step; None leaves torch's setting; prefill always runs with
+            torch's setting).
     Raises:
         UnsupportedModelError: the model cannot be streamed exactly; names the op, its source
             line and the reason.
-        SessionError: wrong arguments (example, max_len, kernels).
+        SessionError: wrong arguments (example, max_len, kernels, threads).
     """
     check_options(options, SESSION_OPTIONS, "session")
     opts = {**SESSION_OPTIONS, **options}
@@ -111,6 +113,8 @@ def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, 
     if opts["kernels"] not in KERNELS:
         raise SessionError(f"kernels={opts['kernels']!r} is not available: this version has 'auto' (native CPU "
                            f"kernels where they build, else torch) and 'torch'")
+    if opts["threads"] is not None and (not isinstance(opts["threads"], int) or opts["threads"] < 1):
+        raise SessionError(f"threads must be None or an int >= 1, got {opts['threads']!r}")
     max_len = int(max_len)
     ex = _capture_example(example)
     low = _lowered(model_or_compiled, ex, opts["debug_dir"], max_len)
@@ -134,7 +138,7 @@ def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, 
                        engine_options=opts["engine_options"], kernels=opts["kernels"])
     if short:
         _check_pieces(prog, short[0][1], low, max_len)
-    return Session(prog, example)
+    return Session(prog, example, threads=opts["threads"])
 
 
 def _check_pieces(prog, short: Lowered, long: Lowered, max_len: int) -> None:

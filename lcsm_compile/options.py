@@ -20,6 +20,7 @@ SESSION_OPTIONS: Dict[str, Any] = {
     "debug_dir": None,          # write each compiler stage's graph there
     "engine": "online",         # "online" | "lazy" | "eager" | "none" (benchmark baselines)
     "engine_options": None,     # e.g. {"block": 16}
+    "threads": 1,               # intra-op threads of a step (None: torch's setting), restored after
 }
 
 #: options of ``torch.compile(..., backend="lcsm", options=...)``
@@ -29,6 +30,7 @@ BACKEND_OPTIONS: Dict[str, Any] = {
     "debug_dir": None,
     # accepted for symmetry with sessions (the full forward does not use them)
     "max_len": None, "kernels": "auto", "compile_step": False, "engine": "online", "engine_options": None,
+    "threads": 1,
 }
 
 

@@ -493,3 +493,32 @@ def test_capture_example_of_an_empty_or_one_token_prompt_varies():
     assert torch.equal(_capture_example(cont), cont.repeat(1, 2, 1))
     long = torch.arange(6).reshape(2, 3)
     assert _capture_example(long) is long
+
+
+def test_steps_run_single_threaded_and_restore_the_thread_count(monkeypatch):
+    from lcsm_compile.runtime import members
+
+    e = zoo.get("safari_hyena_o2")
+    model, x = e.build(), e.make_input(1, 12)
+    seen = []
+    orig = members.LongMember.step
+
+    def spy(self, u):
+        seen.append(torch.get_num_threads())
+        return orig(self, u)
+
+    monkeypatch.setattr(members.LongMember, "step", spy)
+    prev = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        for threads, want in ((1, 1), (2, 2), (None, 2)):
+            seen.clear()
+            sess = lcsm_compile.session(model, x[:, :4], max_len=16, threads=threads)
+            sess.prefill(x[:, :4])
+            sess.step(x[:, 4:5])
+            assert seen and set(seen) == {want}, (threads, seen)
+            assert torch.get_num_threads() == 2  # restored after the step
+        with pytest.raises(SessionError, match="threads"):
+            lcsm_compile.session(model, x[:, :4], max_len=16, threads=0)
+    finally:
+        torch.set_num_threads(prev)

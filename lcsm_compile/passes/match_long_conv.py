@@ -89,6 +89,29 @@ def circular_reason(n_expr, ta: TimeAxis) -> str:
     return f"{CIRCULAR}: FFT size n = {n} < 2L - 1 wraps around{when}"
 
 
+_SCALE_OPS = {torch.ops.aten.mul.Tensor, torch.ops.aten.div.Tensor, torch.ops.aten.mul.Scalar,
+              torch.ops.aten.div.Scalar}
+
+
+def _absorb_scalar_scales(y: fx.Node, dep) -> fx.Node:
+    """``y`` extended through multiplications / divisions by scalars that do not depend on the
+    input (``* sqrt(n)`` after an ``norm="ortho"`` FFT, ``* scale``): the region stays linear and
+    time-invariant, and an L-dependent factor that cancels one inside the region (1/sqrt(n))
+    then cancels inside the filter, which is computed from the whole region."""
+    while True:
+        users = [u for u in y.users if dep(u)]
+        if len(users) != 1 or users[0].target not in _SCALE_OPS or users[0].args[0] is not y:
+            return y
+        other = users[0].args[1]
+        if isinstance(other, fx.Node):
+            v = val(other)
+            if dep(other) or (isinstance(v, torch.Tensor) and v.dim() != 0):
+                return y
+        elif not isinstance(other, (int, float)):
+            return y
+        y = users[0]
+
+
 def match_long_convs(gm: fx.GraphModule, ta: TimeAxis, data_dep: Set[str]) -> List[Region]:
     """Candidate FFT long-conv regions of ``gm`` (see the module doc)."""
     out: List[Region] = []
@@ -122,6 +145,8 @@ def match_long_convs(gm: fx.GraphModule, ta: TimeAxis, data_dep: Set[str]) -> Li
             if _time_domain(cur, ta):
                 y = cur
                 break
+        if y is not None:
+            y = _absorb_scalar_scales(y, dep)
         fft_dim = n.args[1][-1] % val(n).dim()
         n_expr = size_exprs(n)[fft_dim]
         # a fixed FFT size (e.g. 2 * l_max) is causal only for 2L - 1 <= n
