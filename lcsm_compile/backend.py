@@ -37,7 +37,7 @@ from __future__ import annotations
 
 import collections
 import logging
-from typing import Any, Callable, Deque, Dict, List
+from typing import Any, Callable, Deque, Dict, List, Tuple
 
 import torch
 import torch.fx as fx
@@ -62,16 +62,44 @@ def _is_state(node: fx.Node, ex: Any) -> bool:
             src.startswith("G[") or "L['fn']" in src)
 
 
-def _data_indices(gm: fx.GraphModule, example_inputs: List[Any]) -> List[int]:
-    """The graph inputs taken as sequences (time on dim 1): tensors that are not module state,
-    float ``[B, L, ...]`` or integer ids ``[B, L]``."""
+def _sequence_inputs(gm: fx.GraphModule, example_inputs: List[Any]) -> List[Tuple[int, int]]:
+    """``(input index, time dim)`` of the graph inputs that are sequences.
+
+    Candidates are the inputs that are not module state: float ``[B, ...]`` tensors and integer
+    ids ``[B, L]``. The length is the size that the most candidates share at some dim past the
+    batch (a symbol in a dynamic graph, a number in a static one; ties go to dim 1 of the first
+    candidate): a graph after a graph break may receive ``[B, C, L]`` channel-first values,
+    whose time is dim 2. Each candidate with exactly one dim of that size is a sequence input
+    with that time dim; the rest are not sequences. A wrong guess only costs the rewrite: the
+    probes and the check then fail and the graph runs exactly as captured."""
     phs = list(gm.graph.find_nodes(op="placeholder"))
-    out = []
+    cands = []
     for i, (p, ex) in enumerate(zip(phs, example_inputs)):
-        if not isinstance(ex, torch.Tensor) or _is_state(p, ex) or ex.dim() < 2 or ex.shape[1] < 2:
+        if not isinstance(ex, torch.Tensor) or _is_state(p, ex) or ex.dim() < 2 or ex.is_complex():
             continue
-        if ex.is_floating_point() or (ex.dim() == 2 and not ex.is_complex()):  # [B, L, ...] or ids
-            out.append(i)
+        if not ex.is_floating_point() and ex.dim() != 2:
+            continue
+        fv = p.meta.get("example_value")
+        shape = list(fv.shape) if isinstance(fv, torch.Tensor) and fv.dim() == ex.dim() else list(ex.shape)
+        keys = [(s.node.expr if isinstance(s, torch.SymInt) else int(s)) for s in shape]
+        cands.append((i, keys, list(ex.shape)))
+    if not cands:
+        return []
+    counts: Dict[Any, int] = {}
+    for _, keys, real in cands:
+        for k in set(k for k, n in zip(keys[1:], real[1:]) if n >= 2):
+            counts[k] = counts.get(k, 0) + 1
+    if not counts:
+        return []
+    best = max(counts.values())
+    first_dim1 = cands[0][1][1]
+    length = first_dim1 if counts.get(first_dim1) == best else \
+        next(k for _, keys, _ in cands for k in keys[1:] if counts.get(k) == best)
+    out = []
+    for i, keys, _ in cands:
+        dims = [d for d in range(1, len(keys)) if keys[d] == length]
+        if len(dims) == 1:
+            out.append((i, dims[0]))
     return out
 
 
@@ -108,12 +136,12 @@ class LcsmBackend:
                 gm.graph.erase_node(n)
         gm.recompile()
         state = {"fallback": False}
-        data_idx = _data_indices(gm, list(example_inputs))
+        seq = _sequence_inputs(gm, list(example_inputs))
 
         def inference_compiler(g: fx.GraphModule, fake_args: List[Any]):
             from torch._subclasses.fake_tensor import unset_fake_temporarily
             with unset_fake_temporarily():  # probes and checks run on real tensors
-                run = self._compile_graph(g, fake_args, list(example_inputs), data_idx, options, verbose)
+                run = self._compile_graph(g, fake_args, list(example_inputs), seq, options, verbose)
             state["fallback"] = run is None
             return g.forward if run is None else run
 
@@ -134,7 +162,7 @@ class LcsmBackend:
                 return compiled(*args)
         return forward
 
-    def _compile_graph(self, gm: fx.GraphModule, fake_args: List[Any], real: List[Any], data_idx: List[int],
+    def _compile_graph(self, gm: fx.GraphModule, fake_args: List[Any], real: List[Any], seq: List[Tuple[int, int]],
                        options: Dict[str, Any], verbose: bool):
         """The rewritten graph's runner for one aten graph, or None for the exact fallback."""
         from .capture import capture_aten_graph
@@ -144,11 +172,11 @@ class LcsmBackend:
 
         fallback = options.get("fallback", "eager")
         n_ph = len(list(gm.graph.find_nodes(op="placeholder")))
-        if not data_idx or n_ph != len(real):
+        if not seq or n_ph != len(real):
             self._report(GraphReport(fallback, "no sequence input in this graph"), verbose)
             return None
         try:
-            cap = capture_aten_graph(gm, fake_args, real, data_idx)
+            cap = capture_aten_graph(gm, fake_args, real, [i for i, _ in seq], [d for _, d in seq])
             if cap.capture_len < 2:
                 raise RuntimeError("length < 2")
             fe = run_stages(frontend_state(cap, lambda L: list(real), (cap.capture_len,)), FRONTEND,
@@ -173,7 +201,7 @@ class LcsmBackend:
             self._report(GraphReport(fallback, f"check failed: {e}"), verbose)
             return None
         bound = max_length(fe) if cap.symbolic else None
-        d0, tdim = data_idx[0], 1
+        d0, tdim = seq[0]
         done = f"{n_long} long and {n_short} short convolutions rewritten"
         if fe.refusals:  # the rest runs as captured: the full forward is exact, streaming is not
             done += "; not streamable: " + reasons

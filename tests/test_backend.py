@@ -152,3 +152,36 @@ def test_backend_instances_keep_their_own_reports_and_check_options():
     assert len(a.reports) == 1 and a.reports[0].mode == "lcsm" and len(b.reports) == 0
     with pytest.raises(Exception, match="valid options"):
         torch.compile(entry.build(), backend="lcsm", options={"bogus": 1})(entry.make_input(2, 9))
+
+
+class _ChannelFirstAfterBreak(torch.nn.Module):
+    """A graph break hands the next graph channel-first [B, C, L] values: time is dim 2 there."""
+
+    def __init__(self, d=8, taps=64):
+        super().__init__()
+        self.k = torch.nn.Parameter(torch.randn(d, taps) / 8)
+        self.emb = torch.nn.Embedding(16, d)
+        self.proj = torch.nn.Linear(d, 2 * d)
+        self.head = torch.nn.Linear(d, 16)
+
+    def forward(self, ids):
+        x = self.emb(ids)
+        z = self.proj(x).transpose(1, 2)                                   # [B, 2d, L]
+        torch._dynamo.graph_break()
+        u, g = z[:, : x.shape[-1]], z[:, x.shape[-1]:]                     # channel slices
+        L = u.shape[-1]
+        y = torch.fft.irfft(torch.fft.rfft(u, n=2 * L) * torch.fft.rfft(self.k[:, :L], n=2 * L), n=2 * L)[..., :L]
+        return self.head(x + (y * g).transpose(1, 2))
+
+
+def test_graph_after_a_break_finds_its_own_time_axis():
+    m = _ChannelFirstAfterBreak().eval()
+    backend = B.LcsmBackend()
+    f = torch.compile(m, backend=backend)
+    for L in (9, 12, 20):
+        x = torch.randint(0, 16, (2, L))
+        assert_golden(f(x), m(x), golden_forward(m, x), what=f"L={L}")
+    rewritten = [r for r in backend.reports if r.mode == "lcsm"]
+    assert rewritten and all(r.long_convs == 1 and not r.refusals for r in rewritten), \
+        [(r.mode, r.reason) for r in backend.reports]
+    assert not any("slices the time axis" in r.reason for r in backend.reports)
