@@ -43,10 +43,14 @@ import torch
 import torch.fx as fx
 
 from . import ops as _ops  # noqa: F401 - registers torch.ops.lcsm
+from .capture.helpers import route_contract_in_dynamo
 from .options import BACKEND_OPTIONS, check_options
 from .report import GraphReport
 
 log = logging.getLogger("lcsm_compile")
+
+# plain opt_einsum.contract calls (the SSM kernels of S4/H3 code) traced by dynamo as torch.einsum
+route_contract_in_dynamo()
 
 __all__ = ["LcsmBackend", "lcsm_backend", "GraphReport"]
 

@@ -149,6 +149,7 @@ def test_backend_names_the_block_restart():
     compiled model still computes exactly (it runs as captured)."""
     e = get("neg_block_restart")
     m = e.build()
+    torch._dynamo.reset()  # earlier compiles of this model class would make the first call dynamic
     be = lcsm_compile.LcsmBackend()
     c = torch.compile(m, backend=be)
     for L in (20, 37):

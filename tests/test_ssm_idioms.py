@@ -254,11 +254,28 @@ def test_compiled_forward_is_exact(name, compiled_runs):
         assert_golden(got, ref, gold, what=f"{name} L={L}")
 
 
-@pytest.mark.xfail(strict=True, reason="the backend's dynamo trace runs outside capture_model, so "
-                   "opt_einsum.contract is not routed there: dynamo breaks the graph inside opt_einsum "
-                   "and the filters reach the next graph as inputs (runs exactly, as eager)")
 @pytest.mark.parametrize("name", STREAMABLE)
 def test_compiled_forward_is_rewritten(name, compiled_runs):
     _, reports = compiled_runs(name)
     assert all(r.mode == "lcsm" for r in reports), [(r.mode, r.reason) for r in reports]
     assert all(r.long_convs == get(name).n_long for r in reports)
+
+
+def test_dynamo_routing_keeps_every_contract_call_exact():
+    """Plain calls are traced as torch.einsum; other forms (interleaved operands) still run
+    opt_einsum itself, with no recursion into the substitute."""
+    import opt_einsum
+
+    import lcsm_compile.backend  # noqa: F401 - registers the routing
+    from lcsm_compile.capture.helpers import route_contract_in_dynamo
+
+    assert route_contract_in_dynamo()
+
+    def f(a, b):
+        x = opt_einsum.contract("ij,jk->ik", a, b)
+        y = opt_einsum.contract(a, [0, 1], b, [1, 2], [0, 2])
+        return x + y
+
+    a, b = torch.randn(3, 4), torch.randn(4, 5)
+    torch._dynamo.reset()
+    assert torch.equal(torch.compile(f, backend="eager")(a, b), f(a, b))

@@ -34,7 +34,7 @@ import torch
 
 from .source import _is_user_file, format_location
 
-__all__ = ["routed_contract", "opt_einsum_contract", "ROUTER_FRAME"]
+__all__ = ["routed_contract", "opt_einsum_contract", "ROUTER_FRAME", "route_contract_in_dynamo"]
 
 #: the name of the routing function's frame in a node's stack trace (a routed call made it)
 ROUTER_FRAME = "contract_via_einsum"
@@ -128,3 +128,45 @@ def routed_contract(model: Any = None) -> Iterator[List[Tuple[str, Optional[str]
     finally:
         for ns, name, value in reversed(patched):
             setattr(ns, name, value)
+
+
+_DYNAMO_ROUTED = False
+
+
+def route_contract_in_dynamo() -> bool:
+    """Make dynamo trace plain ``opt_einsum.contract`` calls as ``torch.einsum`` (the same
+    rule as :func:`routed_contract`), so ``torch.compile(model, backend="lcsm")`` sees the SSM
+    kernels as one graph instead of breaking inside opt_einsum. Registered once, when the
+    backend is imported (``torch.compiler.substitute_in_graph``): it applies to every
+    ``torch.compile`` in the process, and changes how dynamo traces those calls, never their
+    values (eager calls are untouched). Other calls run a copy of the original function, which
+    dynamo traces as before. Returns whether the substitution is in place (False without
+    opt_einsum or on a torch without ``substitute_in_graph``)."""
+    global _DYNAMO_ROUTED
+    if _DYNAMO_ROUTED:
+        return True
+    original = opt_einsum_contract()
+    sub = getattr(torch.compiler, "substitute_in_graph", None)
+    if original is None or sub is None:
+        return False
+    import types
+
+    # a distinct function object: dynamo substitutes `original` only, so the fallback does not
+    # recurse into the substitute
+    plain = types.FunctionType(original.__code__, original.__globals__, original.__name__,
+                               original.__defaults__, original.__closure__)
+    plain.__kwdefaults__ = original.__kwdefaults__
+    functools.update_wrapper(plain, original)
+
+    def contract(*operands, **kwargs):
+        if _routable(operands, kwargs):
+            return torch.einsum(operands[0], *operands[1:])
+        return plain(*operands, **kwargs)
+
+    try:
+        sub(original, skip_signature_check=True)(contract)
+    except Exception:  # noqa: BLE001 - an older or newer torch that refuses it: no routing
+        return False
+    _DYNAMO_ROUTED = True
+    return True
+
