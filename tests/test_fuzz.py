@@ -7,9 +7,10 @@ model; then each model must be either streamable and exact (teacher forcing from
 prompt length, 0 included, against the full forward) or refused with a reason naming an op,
 never an exception of another kind.
 
-CI runs a few examples (``LCSM_FUZZ_EXAMPLES``, default 6). A long run::
+CI runs a few examples (``LCSM_FUZZ_EXAMPLES``, default 6). A long run (``-s`` prints one
+``FUZZ`` line per model; ``LCSM_FUZZ_SEED`` draws other models, e.g. one process per core)::
 
-    LCSM_FUZZ_EXAMPLES=2000 python -m pytest -q -p no:cacheprovider tests/test_fuzz.py
+    LCSM_FUZZ_EXAMPLES=2000 LCSM_FUZZ_SEED=1 python -m pytest -q -s -p no:cacheprovider tests/test_fuzz.py
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import os
 
 import pytest
 import torch
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, given, seed, settings
 from hypothesis import strategies as st
 
 import lcsm_compile
@@ -26,13 +27,15 @@ from . import _fuzz_models as fuzz
 from ._golden import assert_golden, golden_forward, rel_err, tensors
 
 N_EXAMPLES = int(os.environ.get("LCSM_FUZZ_EXAMPLES", "6"))
+#: a seed for a different draw of models (long runs in parallel); unset: the fixed CI draw
+SEED = os.environ.get("LCSM_FUZZ_SEED")
 L = 24
 
 
 @st.composite
 def specs(draw):
     conv = draw(st.sampled_from(fuzz.CONVS))
-    mutation = draw(st.sampled_from(fuzz.MUTATIONS))
+    mutation = draw(st.one_of(st.none(), st.sampled_from([m for m in fuzz.MUTATIONS if m])))  # half causal
     if mutation == "circular" and conv == "conv1d":
         mutation = "same_pad"
     heads = draw(st.sampled_from([1, 2]))
@@ -57,8 +60,9 @@ def _causal_and_prefix_consistent(model, spec) -> bool:
     return rel_err(y2[:, : L // 2], y[:, : L // 2]) <= tol and rel_err(yp, y[:, : L // 2 + 3]) <= tol
 
 
-@settings(max_examples=N_EXAMPLES, deadline=None, derandomize=True,
+@settings(max_examples=N_EXAMPLES, deadline=None, derandomize=SEED is None,
           suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+@(seed(int(SEED)) if SEED else (lambda f: f))
 @given(spec=specs(), P=st.integers(0, L - 1))
 def test_random_models_are_exact_or_refused(spec, P):
     torch.set_num_threads(1)
@@ -66,6 +70,7 @@ def test_random_models_are_exact_or_refused(spec, P):
     assert _causal_and_prefix_consistent(model, spec) == spec.causal, spec  # the label is true
     x = fuzz.make_input(spec, 2, L)
     rep = lcsm_compile.explain(model, x[:, :5])
+    print(f"FUZZ {'causal' if spec.causal else 'refuse:' + spec.mutation} {spec}")  # counted by long runs
     if not spec.causal:
         assert not rep.streamable and rep.refusals, (spec, rep)
         assert all(r.reason and (r.op or r.source) for r in rep.refusals), rep.refusals

@@ -25,7 +25,7 @@ The model's Python code is never run again: only these graphs are.
 from __future__ import annotations
 
 import copy
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 import torch
 import torch.fx as fx
@@ -50,26 +50,25 @@ class Slot:
         return f"Slot({self.name!r}, {self.mode!r})"
 
 
-def rename_slots(gm: fx.GraphModule, names: Dict[str, str]) -> fx.GraphModule:
-    """A copy of ``gm`` (sharing its constants) whose slots name ``names[slot name]`` instead."""
+def _map_slots(gm: fx.GraphModule, target: Callable[[Slot], Any]) -> fx.GraphModule:
+    """A copy of ``gm`` (sharing its constants) whose slot calls call ``target(slot)``."""
     g = copy.deepcopy(gm.graph)
     for n in g.nodes:
         if n.op == "call_function" and isinstance(n.target, Slot):
-            n.target = Slot(names[n.target.name], n.target.mode)
+            n.target = target(n.target)
     out = fx.GraphModule(gm, g)
     out.recompile()
     return out
+
+
+def rename_slots(gm: fx.GraphModule, names: Dict[str, str]) -> fx.GraphModule:
+    """A copy of ``gm`` whose slots name ``names[slot name]`` instead."""
+    return _map_slots(gm, lambda s: Slot(names[s.name], s.mode))
 
 
 def bind_slots(gm: fx.GraphModule, members: Dict[str, Any]) -> fx.GraphModule:
-    """A copy of ``gm`` (sharing its constants) whose slots call ``members[name].<mode>``."""
-    g = copy.deepcopy(gm.graph)
-    for n in g.nodes:
-        if n.op == "call_function" and isinstance(n.target, Slot):
-            n.target = getattr(members[n.target.name], n.target.mode)
-    out = fx.GraphModule(gm, g)
-    out.recompile()
-    return out
+    """A copy of ``gm`` whose slots call ``members[name].<mode>``."""
+    return _map_slots(gm, lambda s: getattr(members[s.name], s.mode))
 
 
 class _Holder(torch.nn.Module):
