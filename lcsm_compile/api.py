@@ -129,7 +129,8 @@ def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, 
         top = long_low.valid_range[1]
         if not long_low.streamable or (top is not None and top < max_len):
             why = "; ".join(r.reason for r in long_low.refusals[:2]) or f"its graph past {hi} holds up to {top}"
-            raise SessionError(f"max_len={max_len} is longer than the model supports ({hi} positions): {why}")
+            raise SessionError(f"max_len={max_len} is longer than the model supports ({hi} positions): {why}",
+                               max_supported=hi)
         short, low = [(hi, low)], long_low
     pl = plan(low, max_len, example.shape[0], short_pieces=short, debug_dir=opts["debug_dir"])
     if pl.refusals:
@@ -162,7 +163,7 @@ def _check_pieces(prog, short: Lowered, long: Lowered, max_len: int) -> None:
         why = why or output_mismatch(got, list(long.gm(x)))
     prog.reset()
     if why is not None:
-        raise SessionError(f"max_len={max_len} is longer than the model supports ({hi} positions): streamed "
+        raise SessionError(max_supported=hi, message=f"max_len={max_len} is longer than the model supports ({hi} positions): streamed "
                            f"across length {hi}, where the model's graph changes, the outputs differ ({why})")
 
 

@@ -117,7 +117,7 @@ class LcsmBackend:
 
     def _report(self, rep: GraphReport, verbose: bool) -> None:
         self.reports.append(rep)
-        msg = f"lcsm backend: graph runs as {rep.mode}: {rep.reason}"
+        msg = f"lcsm backend: graph runs as {rep.mode}: {rep.reason}" + (f"; {rep.streaming}" if rep.streaming else "")
         if rep.mode != "lcsm" and rep.refusals:
             log.warning(msg)
         elif verbose or rep.refusals:
@@ -209,14 +209,68 @@ class LcsmBackend:
         done = f"{n_long} long and {n_short} short convolutions rewritten"
         if fe.refusals:  # the rest runs as captured: the full forward is exact, streaming is not
             done += "; not streamable: " + reasons
-        self._report(GraphReport("lcsm", done, n_long, n_short, list(fe.refusals)), verbose)
+        rep = GraphReport("lcsm", done, n_long, n_short, list(fe.refusals))
         plain = gm.forward
+        new = _reuse_filters(new, fe.analysis, real, {i for i, _ in seq})
 
         def run(*args):
             if bound is not None and args[d0].shape[tdim] > bound:
                 return plain(*args)  # the match assumed L <= bound (min(L, c) in the model)
             return new(*args)
-        return run
+
+        runner = run
+        if not options.get("stream", True):
+            rep.streaming = "calls do not stream: options={'stream': False}"
+        elif fe.refusals:
+            rep.streaming = "calls do not stream: " + reasons
+        else:
+            from .incremental import IncrementalRunner, stream_plan
+            slots, why = stream_plan(fake_args, real, seq)
+            if slots is None:
+                rep.streaming = "calls do not stream: " + why
+            else:
+                rep.streaming = ("calls stream: a call whose input extends the previous call's input runs "
+                                 "only the new positions")
+                runner = IncrementalRunner(run, gm, real, d0, slots, options, rep)
+        self._report(rep, verbose)
+        return runner
+
+
+def _reuse_filters(gm: fx.GraphModule, analysis, real: List[Any], seq_idx) -> Callable:
+    """The rewritten graph's runner that computes its long-convolution filters once per input
+    shape and parameter version (:func:`lcsm_compile.passes.split_filters.split_filters`),
+    the last 4 kept; ``gm`` itself when no filter can be kept or the split graph does not give
+    identical outputs on the example inputs."""
+    from .passes.split_filters import split_filters
+
+    try:
+        split = split_filters(gm, analysis)
+        if split is None:
+            return gm
+        with torch.no_grad():
+            same = all(torch.equal(a, b) for a, b in zip(split.main(*real, *split.filters(*real)), gm(*real))
+                       if isinstance(a, torch.Tensor))
+        if not same:
+            return gm
+    except Exception as e:  # noqa: BLE001 - the plain rewritten graph is as exact
+        log.debug("lcsm backend: filters not split: %s", e)
+        return gm
+    state = [i for i, a in enumerate(real) if isinstance(a, torch.Tensor) and i not in seq_idx]
+    data = sorted(seq_idx)
+    cache: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+    filters, main = split.filters, split.main
+
+    def run(*args):
+        key = (tuple(tuple(args[i].shape) for i in data), tuple(a for a in args if isinstance(a, int)),
+               tuple((id(args[i]), args[i]._version) for i in state))
+        ks = cache.get(key)
+        if ks is None:
+            ks = tuple(filters(*args))
+            cache[key] = ks
+            while len(cache) > 4:
+                cache.popitem(last=False)
+        return main(*args, *ks)
+    return run
 
 
 #: the default instance, registered as ``backend="lcsm"`` (entry point)

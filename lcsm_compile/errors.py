@@ -36,5 +36,10 @@ class UnsupportedModelError(LcsmError, ValueError):
 class SessionError(LcsmError, ValueError):
     """Wrong use of a streaming session or engine (shape, dtype, device, past max_len, ...).
 
-    The object that raised it is left unchanged and usable.
+    The object that raised it is left unchanged and usable. ``max_supported``: where the error
+    is a ``max_len`` past the model's longest length, that length (else None).
     """
+
+    def __init__(self, message: str, max_supported: int | None = None):
+        super().__init__(message)
+        self.max_supported = max_supported

@@ -28,7 +28,9 @@ BACKEND_OPTIONS: Dict[str, Any] = {
     "fallback": "eager",        # how graphs that are not rewritten run: "eager" | "inductor"
     "verbose": False,           # log every graph's decision at INFO
     "debug_dir": None,
-    # accepted for symmetry with sessions (the full forward does not use them)
+    "stream": True,             # calls that extend the previous call's input run only the new positions
+    # the sessions of streamed calls: max_len caps them (None: grow by doubling), the rest as for
+    # session()
     "max_len": None, "kernels": "auto", "compile_step": False, "engine": "online", "engine_options": None,
     "threads": 1,
 }

@@ -402,7 +402,10 @@ class ProgramPlan:
         return self.step_gm
 
 
-def _plan_input(p: ProgramPlan, L: int, batch: int = 1) -> torch.Tensor:
+def _plan_input(p: ProgramPlan, L: int, batch: Optional[int] = 1) -> torch.Tensor:
+    """A probe at length ``L``; a graph captured for one batch gets that batch."""
+    if p.lowered.captured.batch_symbol is None:
+        batch = None
     return probe_input(p.lowered.capture_example, L, 4242 + L, batch=batch)
 
 

@@ -83,6 +83,12 @@ class GraphReport:
     long_convs: int = 0
     short_convs: int = 0
     refusals: list = dataclasses.field(default_factory=list)
+    #: what the graph's calls do: stream (a call extending the previous input runs only its new
+    #: positions) or why not
+    streaming: str = ""
+    #: what the calls did, for a graph whose calls stream: ``full`` forwards, streamed ``steps``,
+    #: sessions ``made`` and ``grown`` (updated as the compiled model runs)
+    calls: dict = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass
@@ -105,6 +111,15 @@ class Explanation:
         """Every refusal as an :class:`lcsm_compile.UnsupportedModelError`."""
         return [r.error() for r in self.refusals]
 
+    @property
+    def compiled_calls(self) -> str:
+        """What calls of ``torch.compile(model, backend="lcsm")`` do for this model."""
+        if self.streamable:
+            return ("torch.compile(model, backend=\"lcsm\"): calls stream (a call extending the previous "
+                    "call's input runs only its new positions)")
+        why = self.refusals[0].reason if self.refusals else "not streamable"
+        return f"torch.compile(model, backend=\"lcsm\"): every call runs the full forward ({why})"
+
     def __str__(self) -> str:
         from rich.console import Console
         from rich.table import Table
@@ -117,6 +132,7 @@ class Explanation:
                   f"{len(self.long_convs)} long conv(s), {len(self.short_convs)} short conv(s), "
                   f"{len(self.scans)} scan(s), {len(self.refusals)} refusal(s)"
                   + (f"; valid for L <= {hi}" if hi else ""))
+        con.print(self.compiled_calls)
         convs = self.long_convs + self.short_convs + self.scans
         if convs:
             t = Table(title="convolutions", show_lines=False, expand=False)

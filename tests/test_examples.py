@@ -63,7 +63,7 @@ def test_custom_model_refuses_bad_arguments():
         main(["--prompt-len", "4", "--prefill", "4"])  # nothing left to step
 
 
-@pytest.mark.parametrize("name", ["quickstart.py", "custom_model.py"])
+@pytest.mark.parametrize("name", sorted(p.name for p in EXAMPLES.glob("*.py") if p.name != "__init__.py"))
 def test_example_runs_as_a_script(name):
     """``python examples/<name> --help`` from the repo root: the script's imports resolve."""
     out = subprocess.run([sys.executable, str(Path("examples") / name), "--help"], cwd=ROOT,

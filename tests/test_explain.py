@@ -65,6 +65,13 @@ def test_explain_accepts_the_compiled_model_and_prints_sources():
     text = str(rep)
     assert "_frontend_models.py" in text and "verified" in text and "long" in text
     assert "Explanation(" in repr(rep)
+    assert "calls stream" in text  # what the compiled model's calls do
+
+
+def test_explain_says_why_compiled_calls_do_not_stream():
+    from ._frontend_models import Negative, ids
+    rep = lcsm_compile.explain(Negative("flip").eval(), ids(2, 6, 8))
+    assert "every call runs the full forward" in rep.compiled_calls and "flip" in rep.compiled_calls
 
 
 def test_refusal_becomes_unsupported_model_error():

@@ -60,6 +60,34 @@ def test_negative_reason_names_the_cause_in_user_terms(entry, explained):
             assert 1 <= line <= len(f.read().splitlines()), r.source
 
 
+OP_WORDS = {"aten.flip": "flip", "aten._softmax": "softmax", "aten._fft_c2r": "fft", "aten.sum": "sum",
+            "aten.convolution": "conv", "aten.slice": "[", "aten.constant_pad_nd": "pad"}
+
+
+@pytest.mark.parametrize("entry", refused(), ids=lambda e: e.name)
+def test_refusal_points_at_the_line_doing_the_op(entry, explained):
+    """Not the caller's line in ``forward`` (make_fx records only ``forward`` frames unless the
+    capture keeps the whole stack): the line inside ``mix``/the helper that makes the op."""
+    model, rep = explained(entry)
+    with open(inspect.getsourcefile(type(model))) as f:
+        lines = f.read().splitlines()
+    for r in rep.refusals:
+        _, line = _file_and_line(r.source)
+        text = lines[line - 1]
+        assert "self.mix(" not in text, (entry.name, r.source, text)
+        word = OP_WORDS.get(r.op)
+        if word:
+            assert word in text.lower(), (entry.name, r.op, r.source, text)
+
+
+def test_helper_function_lines_name_their_caller(explained):
+    _, rep = explained(get("neg_time_flip"))
+    srcs = {(c.source, c.code) for c in rep.long_convs}
+    assert len(srcs) == 2, srcs  # one helper line, two call sites
+    for source, code in srcs:
+        assert "torch.fft.irfft" in code and "(in _causal_fft_conv, called from " in code, code
+
+
 def test_negatives_live_in_negatives_py(explained):
     for name in ("neg_circular_fft", "neg_block_restart", "neg_centered_fft", "neg_symmetric_conv1d"):
         _, rep = explained(get(name))

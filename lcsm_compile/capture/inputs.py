@@ -27,11 +27,12 @@ def input_kind_of(x: torch.Tensor) -> str:
     return "ids" if not (x.is_floating_point() or x.is_complex()) else "cont"
 
 
-def capture_input(x: torch.Tensor, Lc: int = 11) -> torch.Tensor:
-    """The example tiled/cut to ``B >= 2`` rows and length ``Lc`` (an odd prime by default, so
-    that no size of the model coincides with ``L`` or ``2L`` and gets unified/specialized)."""
+def capture_input(x: torch.Tensor, Lc: int = 11, static_batch: bool = False) -> torch.Tensor:
+    """The example tiled/cut to ``B >= 2`` rows (``static_batch``: its own ``B`` rows) and length
+    ``Lc`` (an odd prime by default, so that no size of the model coincides with ``L`` or
+    ``2L`` and gets unified/specialized)."""
     B, L = x.shape[0], x.shape[1]
-    Bc = max(B, 2)
+    Bc = B if static_batch else max(B, 2)
     if Bc == Lc:
         Lc += 2
     if L == 0:  # an empty example: zeros of the right kind (its values are never used)

@@ -61,9 +61,15 @@ def user_source(node: fx.Node) -> Optional[str]:
 
 
 def user_code(node: fx.Node) -> Optional[str]:
-    """The source text of the innermost user frame (one line)."""
+    """The source text of the innermost user frame (one line); where that frame is inside a
+    helper function (not ``forward``), the caller follows: ``... (in mix, called from f.py:50)``."""
     fr = user_frames(node)
-    return fr[-1][3] if fr else None
+    if not fr:
+        return None
+    text = fr[-1][3]
+    if len(fr) >= 2 and fr[-1][2] != "forward":
+        text += f"  (in {fr[-1][2]}, called from {format_location(fr[-2][0], fr[-2][1])})"
+    return text
 
 
 def source_of_exception(e: BaseException) -> Optional[str]:

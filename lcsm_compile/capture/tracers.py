@@ -28,6 +28,7 @@ Failures never raise: ``Captured.error`` holds ``(reason, op, source)``.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import logging
@@ -309,6 +310,41 @@ def _capture_dynamo_inner(model, xc, kind, time_dim, store, outer) -> Captured:
     return _finish(gm, data, kind, spec, xc, time_dim, mutated, detect_fake_mode(store["fake"]), routed)
 
 
+@contextlib.contextmanager
+def _full_stack_traces():
+    """make_fx records only the frames named ``forward`` (so a node made inside a helper
+    function or ``self.mix`` points at the caller's line). For the duration of a capture its
+    tracer keeps every frame from the first ``forward`` down (fx's own non-forward-only
+    filter), so reports name the line that made the op. A no-op where torch lacks the hook."""
+    from torch.fx.experimental import proxy_tensor
+    from torch.fx.proxy import TracerBase
+
+    cls = proxy_tensor.PythonKeyTracer
+    base = getattr(TracerBase, "_filter_traceback_frames", None)
+    if base is None:
+        yield
+        return
+
+    def keep_all(self, summary):
+        only = getattr(self, "_record_forward_stack_traces_only", False)
+        self._record_forward_stack_traces_only = False
+        try:
+            return base(self, summary)
+        finally:
+            self._record_forward_stack_traces_only = only
+
+    had = "_filter_traceback_frames" in cls.__dict__
+    old = cls.__dict__.get("_filter_traceback_frames")
+    cls._filter_traceback_frames = keep_all
+    try:
+        yield
+    finally:
+        if had:
+            cls._filter_traceback_frames = old
+        else:
+            del cls._filter_traceback_frames
+
+
 def _capture_make_fx(model, xc, kind, time_dim) -> Captured:
     """``make_fx`` in symbolic mode runs the forward as plain Python with the parameters REAL
     (so ``.item()`` on a parameter, a dynamo graph break, just becomes a constant); the input
@@ -328,7 +364,8 @@ def _capture_make_fx(model, xc, kind, time_dim) -> Captured:
         return [x for x in leaves if isinstance(x, torch.Tensor)]
 
     try:
-        with torch.no_grad(), symbolic_bit_length(), routed_contract(mcopy) as routed:
+        with torch.no_grad(), symbolic_bit_length(), routed_contract(mcopy) as routed, \
+                _full_stack_traces():
             gm = make_fx(f, tracing_mode="symbolic", decomposition_table=core_aten_decompositions(),
                          record_stack_traces=True, _allow_non_fake_inputs=True)(xc)
     except Exception as e:  # noqa: BLE001
@@ -375,11 +412,13 @@ def capture_model(model: Any, example: torch.Tensor, *, time_dim: int = 1,
         return Captured(None, [], {}, None, None, [], error=(
             "the example must be a tensor [B, L] (ids) or [B, L, Din]", None, None))
     kind = input_kind_of(example)
+    # a model that only runs at its example's batch (a graph dynamo compiled for one batch)
+    static_batch = bool(getattr(model, "lcsm_static_batch", False))
     cap = None
     for Lc in lengths or _CAPTURE_LENGTHS:  # a second length if a size coincidence specialized the first
-        xc = capture_input(example, Lc)
+        xc = capture_input(example, Lc, static_batch)
         fast = _capture_make_fx(model, xc, kind, time_dim)
-        if fast.gm is not None and fast.error is None and fast.batch_symbol is not None:
+        if fast.gm is not None and fast.error is None and (fast.batch_symbol is not None or static_batch):
             return fast
         cap = _capture_dynamo(model, xc, kind, time_dim)
         if cap.gm is not None and cap.error is None:

@@ -1,14 +1,17 @@
-"""Tile kernels: one tile of the relaxed schedule, ``out[i] += sum_m a[m] * k[U + i - m]``.
+"""Tile kernels: one tile of the relaxed schedule, ``out[i] += sum_m a[m] * k[lag0 + i - m]``.
 
 A tile of size ``U`` adds the contribution of inputs ``[s0, s0 + U)`` to outputs
-``[t0, t0 + n)`` (``n <= U``, ``t0 = s0 + U``) through lags ``1 .. 2U - 1``. Three
+``[t0, t0 + n)`` (``n <= U``) through lags ``lag0 + i - m``, ``lag0 = t0 - s0 = o U``: ``o = 1``
+for the immediate tiles of the schedule (lags ``1 .. 2U - 1``), ``o = 2, 3`` for the delayed
+tiles (lags ``(o-1)U + 1 .. (o+1)U - 1``; :mod:`lcsm_compile.runtime.schedule`). Three
 implementations, one contract:
 
 * :func:`direct_tile` (torch twin): a batched product with a precomputed Toeplitz block
-  ``[C, U, U]``; the engine's torch path for small ``U``;
-* :func:`fft_tile` (torch): an FFT of size ``2U`` with the filter spectrum precomputed per
-  level; no wrap-around on outputs ``U .. 2U-1`` because the inputs occupy ``0 .. U-1``;
-  the path for large ``U`` on every device;
+  ``[C, U, U]`` of ``k[lag0 + i - m]``; the engine's torch path for small ``U``;
+* :func:`fft_tile` (torch): an FFT of size ``2U`` with the spectrum of the filter segment
+  ``k[lag0 - U : lag0 + U]`` precomputed per (level, offset); no wrap-around on outputs
+  ``U .. 2U-1`` because the inputs occupy ``0 .. U-1``; the path for large ``U`` on every
+  device. Several output offsets share one forward transform;
 * ``lcsm_direct_tile`` (native C, :data:`SOURCE`): reads ``k`` and the time-last state
   directly, no Toeplitz copy; 8 FMA chains in registers, the next channel's rows prefetched.
   It equals :func:`direct_tile` up to the summation order.
@@ -27,10 +30,10 @@ _FFT_CHUNK_BYTES = 4 << 20
 
 SOURCE = r"""
 /* Direct tile on the time-last state: acc[b, c, t0 + i] += sum_{m < U} hist[b, c, s0 + m] *
-   k[c, U + i - m] for i < n (n <= U). Per row, outputs go in chunks of 4 vectors held in
-   registers, with two interleaved sums over m (8 independent FMA chains); the k reads stay
-   within k[c, 1 .. U + n - 1], which the caller guarantees is inside the row. GCC/clang vector
-   extensions: 32-byte vectors, unaligned loads through memcpy. */
+   k[c, (t0 - s0) + i - m] for i < n (t0 - s0 >= U; n <= 2U). Per row, outputs go in chunks of 4
+   vectors held in registers, with two interleaved sums over m (8 independent FMA chains); the k
+   reads stay within k[c, t0 - s0 - U + 1 .. t0 - s0 + n - 1], which the caller guarantees is
+   inside the row. GCC/clang vector extensions: 32-byte vectors, unaligned loads through memcpy. */
 #define DEFINE_DIRECT(T, S, V)                                                                \
 void lcsm_direct_tile_##S(const T* restrict hist, T* restrict acc, const T* restrict k,       \
                           int64_t s0, int64_t t0, int64_t U, int64_t n, int64_t B, int64_t C, \
@@ -40,7 +43,7 @@ void lcsm_direct_tile_##S(const T* restrict hist, T* restrict acc, const T* rest
     for (int64_t c = 0; c < C; ++c) {                                                         \
       const T* restrict a = hist + (b * C + c) * L + s0;                                      \
       T* restrict o = acc + (b * C + c) * L + t0;                                             \
-      const T* restrict kk = k + c * K + U;                                                   \
+      const T* restrict kk = k + c * K + (t0 - s0);                                           \
       if (c + 2 < C) {            /* rows are far apart: fetch the row after next early */    \
         const int64_t q = (b * C + c + 2) * L;                                                \
         for (int64_t j = 0; j < U; j += 64 / (int64_t)sizeof(T)) {                            \
@@ -48,7 +51,7 @@ void lcsm_direct_tile_##S(const T* restrict hist, T* restrict acc, const T* rest
           __builtin_prefetch(acc + q + t0 + j, 1, 1);                                         \
         }                                                                                     \
         for (int64_t j = 0; j < U + n; j += 64 / (int64_t)sizeof(T))                          \
-          __builtin_prefetch(k + (c + 2) * K + j, 0, 1);                                      \
+          __builtin_prefetch(k + (c + 2) * K + (t0 - s0 - U) + j, 0, 1);                      \
       }                                                                                       \
       int64_t i0 = 0;                                                                         \
       for (; i0 + 4 * W <= n; i0 += 4 * W) {                                                  \
@@ -96,11 +99,12 @@ DEFINE_DIRECT(double, f64, lcsm_vf64)
 
 
 def direct_tile(a: torch.Tensor, toeplitz: torch.Tensor, out: torch.Tensor, U: int) -> None:
-    """Direct tile (torch twin): ``out[i] += sum_m a[m] * k[U + i - m]`` per batch and channel.
+    """Direct tile (torch twin): ``out[i] += sum_m a[m] * k[lag0 + i - m]`` per batch and channel.
 
     Args:
         a: ``[B, C, U]`` inputs of the tile (a view of the engine's history).
-        toeplitz: ``[C, U, U]`` with ``toeplitz[c, i, m] = k[c, U + i - m]`` (built once per level by the engine).
+        toeplitz: ``[C, U, U]`` with ``toeplitz[c, i, m] = k[c, lag0 + i - m]`` (built once per
+            level and output offset by the engine).
         out: ``[B, C, n]`` (``n <= U``) view of the accumulators, updated in place.
     """
     n = out.shape[-1]
@@ -109,13 +113,21 @@ def direct_tile(a: torch.Tensor, toeplitz: torch.Tensor, out: torch.Tensor, U: i
     out += o.permute(2, 0, 1)
 
 
-def fft_tile(a: torch.Tensor, spectrum: torch.Tensor, out: torch.Tensor, U: int) -> None:
+def fft_tile(a: torch.Tensor, spectrum, out, U: int) -> None:
     """FFT tile, same contract as :func:`direct_tile`; ``spectrum`` is
-    ``rfft(k[:, :2U], n=2U)``, ``[C, U+1]``, precomputed once per level."""
-    n = out.shape[-1]
+    ``rfft(k[:, lag0 - U : lag0 + U], n=2U)``, ``[C, U+1]``, precomputed once per level and
+    offset. ``spectrum`` and ``out`` may be equally long sequences (several output offsets of the
+    same inputs): the forward transform of ``a`` is shared."""
+    if isinstance(spectrum, torch.Tensor):
+        spectrum, out = (spectrum,), (out,)
     B, C = a.shape[0], a.shape[1]
     chunk = max(1, _FFT_CHUNK_BYTES // (B * 2 * U * 8))
     for c0 in range(0, C, chunk):
         c1 = min(C, c0 + chunk)
-        y = torch.fft.irfft(torch.fft.rfft(a[:, c0:c1], n=2 * U).mul_(spectrum[c0:c1]), n=2 * U)
-        out[:, c0:c1] += y[..., U:U + n]
+        x = torch.fft.rfft(a[:, c0:c1], n=2 * U)
+        last = len(spectrum) - 1
+        for q, (spec, o) in enumerate(zip(spectrum, out)):
+            n = o.shape[-1]
+            prod = x.mul_(spec[c0:c1]) if q == last else x * spec[c0:c1]
+            y = torch.fft.irfft(prod, n=2 * U)
+            o[:, c0:c1] += y[..., U:U + n]

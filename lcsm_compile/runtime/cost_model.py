@@ -18,6 +18,7 @@ from __future__ import annotations
 import time
 from collections import OrderedDict
 from dataclasses import dataclass, field
+from typing import Optional
 
 import torch
 
@@ -42,11 +43,15 @@ class Plan:
 
     block: int
     fft_from: int
+    #: level from which tiles are delayed and spread over the steps (set by the engine:
+    #: :func:`lcsm_compile.runtime.schedule.default_delay_from` unless given); None: not chosen here
+    delay_from: Optional[int] = None
     measured: dict = field(default_factory=dict, compare=False, hash=False)
 
     def describe(self) -> str:
         """One line for reports: the choices and why."""
-        return f"block={self.block} fft_from={self.fft_from} (measured: {len(self.measured)} timings)"
+        d = "" if self.delay_from is None else f" delay_from={self.delay_from}"
+        return f"block={self.block} fft_from={self.fft_from}{d} (measured: {len(self.measured)} timings)"
 
 
 def _robust_time(fn, reps: int = 9) -> float:

@@ -6,10 +6,13 @@ one shared batch. Per channel ``c`` it computes exactly
 
     y[b, c, t] = sum_{s <= t} u[b, c, s] * k[c, t - s]
 
-one position at a time, in O(L log^2 L) total work instead of O(L^2). The schedule (which
-pairs ``(s, t)`` are computed when) is in :mod:`.schedule`; the kernels (red cells, tiles:
-native where they build, else their torch twins) in :mod:`lcsm_compile.codegen`; the switch
-between direct and FFT tiles and the block size are measured by :mod:`.cost_model`.
+one position at a time, in O(L log^2 L) total work instead of O(L^2), and with a bounded work
+per step: tiles of levels ``>= delay_from`` are *delayed* and done in row chunks spread over the
+steps before their outputs are needed, so no step waits for a whole large tile. The schedule
+(which pairs ``(s, t)`` are computed when, and which chunk of which tile each step does) is in
+:mod:`.schedule`; the kernels (red cells, tiles: native where they build, else their torch
+twins) in :mod:`lcsm_compile.codegen`; the switch between direct and FFT tiles and the block
+size are measured by :mod:`.cost_model`.
 
 State, in the compute dtype (fp32, or fp64 for fp64):
 
@@ -121,6 +124,13 @@ class OnlineConv:
             fp32 and cast back.
         block: red-cell block size (power of two); None lets the cost model choose.
         fft_from: smallest tile size computed by FFT; None lets the cost model choose.
+        delay_from: ``D``, a power of two ``>= block``: tiles of levels ``>= D`` are delayed and
+            spread over the steps (:mod:`.schedule`); the largest tile a step runs whole is of
+            level ``D``. None: :func:`.schedule.default_delay_from` of ``batch_size x channels``
+            rows (a FLOP budget per step). ``D >= max_len`` gives the schedule without delays
+            (one step in ``2^m`` runs a whole tile of size ``2^m``).
+        chunk_flops: the work of one chunk of a delayed tile (FLOPs); None:
+            :data:`.schedule.CHUNK_FLOPS`.
         kernels: ``"auto"`` runs the per-step red cells and the per-block transposes with the
             fused native CPU kernels of :mod:`lcsm_compile.codegen` where they build
             (fp32/fp64 on the CPU), else with torch ops; ``"torch"`` always uses torch ops.
@@ -129,7 +139,8 @@ class OnlineConv:
 
     def __init__(self, k: torch.Tensor, max_len: int, batch_size: int = 1,
                  dtype: Optional[torch.dtype] = None, block: Optional[int] = None,
-                 fft_from: Optional[int] = None, kernels: str = "auto"):
+                 fft_from: Optional[int] = None, kernels: str = "auto", delay_from: Optional[int] = None,
+                 chunk_flops: Optional[float] = None):
         if not isinstance(k, torch.Tensor) or k.dim() != 2:
             raise SessionError(f"filters must be a [C, K] tensor, got {getattr(k, 'shape', type(k))}")
         if k.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
@@ -162,16 +173,33 @@ class OnlineConv:
             block = plan.block if block is None else block
             fft_from = plan.fft_from if fft_from is None else fft_from
         schedule._check_block(int(block))
-        self.plan = Plan(block=int(block), fft_from=int(fft_from))
+        self._rows = self.batch_size * C
+        if delay_from is None:
+            delay_from = schedule.default_delay_from(self._rows, int(block), int(fft_from))
+        try:
+            schedule._delay(int(delay_from), int(block))
+        except ValueError as e:
+            raise SessionError(str(e)) from None
         self.block = int(block)
         self.fft_from = int(fft_from)
+        self.delay_from = int(delay_from)
+        self.chunk_flops = float(chunk_flops) if chunk_flops is not None else float(schedule.CHUNK_FLOPS)
+        if not self.chunk_flops > 0:
+            raise SessionError(f"chunk_flops must be > 0, got {chunk_flops}")
+        self.plan = Plan(block=self.block, fft_from=self.fft_from, delay_from=self.delay_from)
         # Red cells: the first block of k, time-major: kb[i, 0, c] = k[c, i] (zero past max_len).
         kb = torch.zeros(C, self.block, dtype=self.cdtype, device=k.device)
         kb[:, : min(self.block, self.max_len)] = kk[:, : self.block]
         self._kb = kb.t().contiguous()[:, None, :]  # [block, 1, C]
-        self._level_data: dict[int, tuple[str, torch.Tensor]] = {}
-        for U in schedule.levels(self.max_len, 0, self.block):
-            self._level_data[U] = self._make_level(U)
+        # per (level U, output offset o): immediate tiles o = 1, delayed tiles o = 2, 3
+        self._tile_data: dict[tuple[int, int], tuple[str, Optional[torch.Tensor]]] = {}
+        for U in schedule.levels(self.max_len, 0, self.block, self.delay_from):
+            self._tile_data[(U, 1)] = self._make_level(U, 1)
+        for U in schedule.delayed_levels(self.max_len, 0, self.block, self.delay_from):
+            for o in (2, 3):
+                if o * U < self.max_len:
+                    self._tile_data[(U, o)] = self._make_level(U, o)
+        self._itemsize = kk.element_size()
         self.hist = _zeros_huge(self.batch_size, C, self.max_len, dtype=self.cdtype, device=self.device)
         self.acc = _zeros_huge(self.batch_size, C, self.max_len, dtype=self.cdtype, device=self.device)
         self.blk_hist = torch.zeros(self.block, self.batch_size, C, dtype=self.cdtype, device=self.device)
@@ -184,21 +212,84 @@ class OnlineConv:
         self._blk_start = 0  # first position of the block held in blk_*
         self._views: dict = {}
         self._gen = 0  # bumped whenever positions may be computed again (fused outputs renewed)
+        self._sched: schedule.Schedule
+        self._level_due: list[int] = []  # per delayed level: the next step that does one of its chunks
+        self._due = 0  # the first of them
+        self._set_schedule(0, 0)
 
     # ------------------------------------------------------------------ setup
-    def _make_level(self, U: int) -> tuple[str, Optional[torch.Tensor]]:
-        """Precompute one tile level: a Toeplitz block (direct), nothing (native direct: reads
-        ``k`` itself) or a filter spectrum (FFT)."""
+    def _make_level(self, U: int, o: int = 1) -> tuple[str, Optional[torch.Tensor]]:
+        """Precompute the tiles of level ``U`` with output offset ``o`` (lags ``(o-1)U + 1 ..
+        (o+1)U - 1``): a Toeplitz block (direct), nothing (native direct: reads ``k`` itself) or
+        the spectrum of the filter segment ``k[(o-1)U : (o+1)U]`` (FFT)."""
         if U < self.fft_from and self._nk is not None:
             return ("native", None)
         kseg = torch.zeros(self.channels, 2 * U, dtype=self.cdtype, device=self.device)
-        n = min(2 * U, self.max_len)
-        kseg[:, :n] = self.k[:, :n]
+        lo = (o - 1) * U
+        hi = min(lo + 2 * U, self.max_len)
+        if hi > lo:
+            kseg[:, :hi - lo] = self.k[:, lo:hi]
         if U < self.fft_from and self.channels * U * U * kseg.element_size() <= DIRECT_MAX_BYTES:
             i = torch.arange(U, device=self.device)
-            lag = U + i[:, None] - i[None, :]  # [U(i), U(m)], values 1 .. 2U-1
+            lag = U + i[:, None] - i[None, :]  # [U(i), U(m)], values 1 .. 2U-1 (k lags lo + 1 ..)
             return ("direct", kseg[:, lag].contiguous())
         return ("fft", torch.fft.rfft(kseg, n=2 * U))
+
+    def _set_schedule(self, prefill: int, position: int) -> None:
+        """The schedule of a run with this prefill, and each delayed level's next chunk from
+        ``position`` (everything due before it is done: it is a function of the position)."""
+        sched = self._sched = schedule.Schedule(prefill, self.max_len, self.block, self.delay_from, self._rows,
+                                                self.chunk_flops, self.fft_from)
+        self._level_due = [sched.next_level_step(position, l) for l in range(len(sched.table))]
+        self._due = min(self._level_due, default=self.max_len)
+
+    def _rects(self, r0: int, r1: int) -> list[tuple[int, int, int, int]]:
+        """Rows ``[r0, r1)`` (batch-major) as rectangles ``(b0, b1, c0, c1)``: whole batches, or
+        part of the channels of one batch."""
+        C = self.channels
+        out = []
+        r = r0
+        while r < r1:
+            b, c = divmod(r, C)
+            if c == 0 and r1 - r >= C:
+                nb = (r1 - r) // C
+                out.append((b, b + nb, 0, C))
+                r += nb * C
+            else:
+                e = min(r1, (b + 1) * C)
+                out.append((b, b + 1, c, e - b * C))
+                r = e
+        return out
+
+    def _run_work(self, w: schedule.Work) -> None:
+        """One piece of tile work of the schedule (an immediate tile, or a chunk of a delayed one)."""
+        U, s0, s1 = w.level, w.s0, w.s1
+        o, t0, t1 = w.outs[0]
+        kind, data = self._tile_data[(U, o)]
+        if not w.delayed:  # an immediate tile: all rows
+            if kind == "native":  # lags 1 .. t1 - 1 - s0 < max_len, inside k's rows
+                self._nk.direct_tile(self.hist.data_ptr(), self.acc.data_ptr(), self.k.data_ptr(), s0,
+                                     t0, U, t1 - t0, self.batch_size, self.channels, self.max_len, self.max_len)
+            else:
+                tile_fn = direct_tile if kind == "direct" else fft_tile
+                tile_fn(self.hist[..., s0:s1], data, self.acc[..., t0:t1], U)
+            return
+        L, C, isz = self.max_len, self.channels, self._itemsize
+        for b0, b1, c0, c1 in self._rects(w.r0, w.r1):
+            if kind == "native":  # rows of one rectangle: (b, c) -> (b - b0) * C' + (c - c0)
+                off = (b0 * C + c0) * L * isz
+                Cr = C if b1 - b0 > 1 else c1 - c0
+                # both output blocks (o = 2, 3) are contiguous: one call, lags U+1 .. t1 - 1 - s0
+                t0, t1 = w.outs[0][1], w.outs[-1][2]
+                self._nk.direct_tile(self.hist.data_ptr() + off, self.acc.data_ptr() + off,
+                                     self.k.data_ptr() + c0 * L * isz, s0, t0, U, t1 - t0, b1 - b0, Cr, L, L)
+            elif kind == "direct":
+                a = self.hist[b0:b1, c0:c1, s0:s1]
+                for o, t0, t1 in w.outs:
+                    direct_tile(a, self._tile_data[(U, o)][1][c0:c1], self.acc[b0:b1, c0:c1, t0:t1], U)
+            else:  # one forward transform for both output offsets
+                fft_tile(self.hist[b0:b1, c0:c1, s0:s1], [self._tile_data[(U, o)][1][c0:c1] for o, _, _ in w.outs],
+                         [self.acc[b0:b1, c0:c1, t0:t1] for _, t0, t1 in w.outs], U)
 
     def _load_block(self, start: int) -> None:
         """Make the block starting at ``start`` current: copy its accumulators (time-major).
@@ -256,6 +347,7 @@ class OnlineConv:
         self.prefill_len = 0
         self._blk_start = 0
         self._gen += 1
+        self._set_schedule(0, 0)
 
     def prefill(self, u: torch.Tensor) -> torch.Tensor:
         """Consume ``P`` prompt positions ``u [B, C, P]`` at position 0; return ``y [B, C, P]``.
@@ -299,6 +391,7 @@ class OnlineConv:
             raise SessionError(f"prefill of {P} positions is past max_len={self.max_len}")
         self.position = P
         self.prefill_len = P
+        self._set_schedule(P, P)
         self._load_block(P)
 
     def _member_views(self, channels: slice) -> tuple:
@@ -355,26 +448,30 @@ class OnlineConv:
         return red_cells.red_step_reference(u, hist_rows[r], acc_tails[r], k_heads[r], acc_rows[r], self.dtype)
 
     def advance(self) -> None:
-        """Finish the current position: run its tile (all channels at once), move on by one."""
+        """Finish the current position: run its tile work (all channels at once: the immediate
+        tile at the end of a block, the chunks of delayed tiles due now), move on by one."""
         t = self.position
         if t >= self.max_len:
             raise SessionError(f"position {t} is past max_len={self.max_len}")
         self.position = t + 1
-        if t + 1 - self._blk_start < self.block and t + 1 < self.max_len:
-            return  # inside a block: nothing but the red cells, already done
-        self._flush_block(t + 1)
-        tile = schedule.tile_after_step(t, self.prefill_len, self.max_len, self.block)
-        if tile is not None:
-            U = tile.size
-            kind, data = self._level_data[U]
-            if kind == "native":  # t0 == s0 + U: lags 1 .. U + n - 1 < max_len, inside k's rows
-                self._nk.direct_tile(self.hist.data_ptr(), self.acc.data_ptr(), self.k.data_ptr(), tile.s0,
-                                     tile.t0, U, tile.t1 - tile.t0, self.batch_size, self.channels,
-                                     self.max_len, self.max_len)
-            else:
-                tile_fn = direct_tile if kind == "direct" else fft_tile
-                tile_fn(self.hist[..., tile.s0:tile.s1], data, self.acc[..., tile.t0:tile.t1], U)
-        self._load_block(t + 1)
+        boundary = t + 1 - self._blk_start >= self.block or t + 1 >= self.max_len
+        if not boundary and t != self._due:
+            return  # inside a block, no delayed chunk due: nothing but the red cells, already done
+        sched = self._sched
+        if boundary:
+            self._flush_block(t + 1)
+            w = sched.immediate(t)
+            if w is not None:
+                self._run_work(w)
+        if t == self._due:  # the chunks of delayed tiles due now (schedule.step_work, per level)
+            due = self._level_due
+            for l in range(len(due)):
+                if due[l] == t:
+                    self._run_work(sched.level_chunk(t, l))
+                    due[l] = sched.next_level_step(t + 1, l)
+            self._due = min(due, default=self.max_len)
+        if boundary:
+            self._load_block(t + 1)
 
     def rollback(self) -> None:
         """Undo the ``diag`` calls of the current, unfinished step (after an error half-way
@@ -390,14 +487,21 @@ class OnlineConv:
         return y
 
     # ------------------------------------------------------------------ state
+    def _schedule_key(self) -> dict:
+        return {"block": self.block, "fft_from": self.fft_from, "delay_from": self.delay_from,
+                "chunk_flops": self.chunk_flops}
+
     def state_dict(self) -> dict:
-        """The streaming state (copies): position, prefill length, input history, accumulators."""
+        """The streaming state (copies): position, prefill length, input history, accumulators,
+        and the schedule they belong to (block, fft_from, delay_from, chunk_flops: the
+        accumulators hold the tiles and chunks of that schedule done so far, so only an engine
+        with the same schedule can resume them)."""
         hist = self.hist.clone()
         b = self._blk_start
         if self.position > b:
             hist[..., b:self.position] = self.blk_hist[: self.position - b].permute(1, 2, 0)
         return {"position": self.position, "prefill_len": self.prefill_len,
-                "hist": hist, "acc": self.acc.clone()}
+                "hist": hist, "acc": self.acc.clone(), "schedule": self._schedule_key()}
 
     def load_state_dict(self, state: dict) -> None:
         """Restore a state from :meth:`state_dict` of an engine with the same filters and shapes."""
@@ -407,20 +511,26 @@ class OnlineConv:
         position, prefill_len = int(state["position"]), int(state["prefill_len"])
         if not 0 <= prefill_len <= position <= self.max_len:
             raise SessionError(f"state has position {position}, prefill {prefill_len}: not valid for max_len={self.max_len}")
+        sched = state.get("schedule")
+        if sched is not None and dict(sched) != self._schedule_key():
+            raise SessionError(f"state was saved with schedule {dict(sched)}, this engine runs "
+                               f"{self._schedule_key()}: pass the same block, fft_from, delay_from and chunk_flops")
         self.hist.copy_(state["hist"])
         self.acc.copy_(state["acc"])
         self.position, self.prefill_len = position, prefill_len
         self._gen += 1
+        self._set_schedule(prefill_len, position)
         self._load_block(schedule.block_start(position, prefill_len, self.block) if position < self.max_len
                          else position)
 
     def flops_per_step(self, length: Optional[int] = None) -> float:
         """Average FLOPs per step of ``length`` steps from position 0 (default ``max_len``)."""
         length = length or self.max_len
-        f = schedule.tiling_flops(length, self.channels, self.block, self.fft_from, self.batch_size)
+        f = schedule.tiling_flops(length, self.channels, self.block, self.fft_from, self.batch_size, self.delay_from)
         return f["total"] / length
 
     def __repr__(self) -> str:
         return (f"OnlineConv(channels={self.channels}, max_len={self.max_len}, batch={self.batch_size}, "
-                f"dtype={self.dtype}, block={self.block}, fft_from={self.fft_from}, position={self.position}, "
+                f"dtype={self.dtype}, block={self.block}, fft_from={self.fft_from}, delay_from={self.delay_from}, "
+                f"position={self.position}, "
                 f"kernels={'native' if self._nk is not None else 'torch'})")
