@@ -262,8 +262,9 @@ class IncrementalRunner:
             return self._full(args, x, st)
         self.streams.move_to_end(key)
         n = st.n
-        if L < n or L == 0 or st.x is None or not torch.equal(x[:, :n], st.x[:, :n]):
-            return self._full(args, x, st)
+        if L < n or L == 0 or st.x is None or (st.bufs is None and L == n) or \
+                not torch.equal(x[:, :n], st.x[:, :n]):
+            return self._full(args, x, st)  # not an extension (a repeat starts no session)
         try:
             if st.bufs is None or L > st.session.max_len:  # a new prefix, or past the session
                 if st.bufs is not None:
