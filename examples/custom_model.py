@@ -1,6 +1,7 @@
 """Explaining and streaming a model you wrote yourself, in plain PyTorch.
 
     python examples/custom_model.py [--prompt-len 24] [--prefill 9] [--new-tokens 8] [--seed 0]
+    lcsm inspect examples.custom_model:make --dot graph.svg --tiling tiling.png
 
 ``TinyHyena`` below knows nothing about lcsm-compile: a small Hyena-style language model
 (input projection, short causal depthwise conv, an implicit long filter from an MLP over
@@ -116,6 +117,13 @@ class CircularLM(TinyHyena):
     after t, so it cannot be generated one position at a time."""
 
     conv_cls = CircularFFTConv
+
+
+def make(seed: int = 0):
+    """``(model, example_input)`` for the command line: ``lcsm explain examples.custom_model:make``,
+    ``lcsm inspect examples.custom_model:make --tiling tiling.png`` (docs/debugging.md)."""
+    torch.manual_seed(seed)
+    return TinyHyena().eval(), torch.randint(0, 128, (1, 16))
 
 
 # --------------------------------------------------------------------------- the checks

@@ -20,8 +20,8 @@ import torch
 
 from .capture import find_logits, probe_input, unwrap_model
 from .errors import SessionError
-from .options import KERNELS, SESSION_OPTIONS, check_options
-from .pipeline import PLAN, Lowered, ProgramPlan, lower, plan, run_stages
+from .options import KERNELS, SESSION_OPTIONS, check_options, resolve_debug_dir
+from .pipeline import PLAN, Lowered, ProgramPlan, lower, plan, run_stages, trace_artifact
 from .report import Explanation, refusal_error
 from .runtime.program import instantiate
 from .runtime.session import Session
@@ -50,7 +50,7 @@ def _lowered(model: Any, example: torch.Tensor, debug_dir: Optional[str] = None,
     except TypeError:  # not weak-referenceable: no cache
         cache = OrderedDict()
     hit = cache.get(key)
-    if hit is not None and hit[0] == fp and debug_dir is None:
+    if hit is not None and hit[0] == fp and resolve_debug_dir(debug_dir) is None:  # (None: $LCSM_DEBUG_DIR)
         cache.move_to_end(key)
         return hit[1]
     low = lower(mod, example, debug_dir=debug_dir, max_len=max_len, min_len=min_len)
@@ -83,6 +83,20 @@ def _capture_example(example: torch.Tensor) -> torch.Tensor:
     return example.repeat(*([1, 2] + [1] * (example.dim() - 2)))
 
 
+#: ``compile_step="auto"`` compiles the step program of sessions this long or longer (see
+#: docs/streaming.md: the compiled step saves ~1 ms per token on the reference CPU; a compile
+#: costs 10-30 s cold, a few seconds from Inductor's cache)
+AUTO_COMPILE_MIN_LEN = 16384
+
+
+def _compile_step(value: Any, max_len: int) -> bool:
+    if value == "auto":
+        return max_len >= AUTO_COMPILE_MIN_LEN
+    if not isinstance(value, bool):
+        raise SessionError(f"compile_step must be True, False or 'auto', got {value!r}")
+    return value
+
+
 def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, **options: Any) -> Session:
     """A streaming session for ``model_or_compiled`` (a plain module or its ``torch.compile`` result).
 
@@ -90,10 +104,13 @@ def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, 
         example: a prompt-shaped input ([B, P] ids or [B, P, Din], any P >= 0); fixes the batch
             size, dtype, device and input kind of the session (its values are not consumed).
         max_len: the most positions the session can hold (prompt + generated).
-        options: ``compile_step`` (bool, compile the step program with Inductor),
+        options: ``compile_step`` (compile the step program with Inductor on its first step:
+            True, False, or "auto" (default): when ``max_len >= AUTO_COMPILE_MIN_LEN``, where
+            the per-token gain pays for the compile),
             ``engine`` ("online" | "lazy" | "eager" | "none": the long-conv algorithm; the last
             three are the benchmark baselines), ``engine_options`` (e.g. ``{"block": 16}``),
-            ``debug_dir`` (write each compiler stage's graph there), ``kernels`` ("auto": the
+            ``debug_dir`` (write each compiler stage's graph there; default ``$LCSM_DEBUG_DIR``,
+            ``False`` turns it off), ``kernels`` ("auto": the
             engine's fused native CPU kernels where a C compiler builds them, else torch ops;
             "torch": torch ops only; "triton" is reserved for GPU kernels and not available
             in this version), ``threads`` (intra-op threads of each step, default 1, set and
@@ -135,10 +152,12 @@ def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, 
     pl = plan(low, max_len, example.shape[0], short_pieces=short, debug_dir=opts["debug_dir"])
     if pl.refusals:
         raise refusal_error(pl.refusals)
-    prog = instantiate(pl, engine=opts["engine"], compile_step=bool(opts["compile_step"]),
+    prog = instantiate(pl, engine=opts["engine"], compile_step=_compile_step(opts["compile_step"], max_len),
                        engine_options=opts["engine_options"], kernels=opts["kernels"])
     if short:
         _check_pieces(prog, short[0][1], low, max_len)
+    from .inspection import schedule_params
+    trace_artifact("lcsm_schedule", lambda: schedule_params(prog), "json")  # TORCH_TRACE: the engines' choices
     return Session(prog, example, threads=opts["threads"])
 
 

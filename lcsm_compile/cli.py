@@ -3,18 +3,40 @@
 ``lcsm demo``          exact generation with a Hyena LM: progress bar, exactness check, speed
                        side by side with recomputing the forward per token.
 ``lcsm demo --mixer``  exactness and speed of the online engine alone against the lazy baseline.
-``lcsm explain``       what the compiler finds in the demo model (long/short convs, groups).
+``lcsm explain``       what the compiler finds in the demo model (long/short convs, groups);
+                       ``lcsm explain MODULE:FACTORY``: in your model (``FACTORY()`` returns
+                       ``(model, example_input)``).
+``lcsm inspect MODULE:FACTORY``  the streaming program made of a model: rewritten prefill and
+                       step programs as code, groups, schedule parameters, kernels; ``--dot OUT``
+                       (the rewritten graph, convolutions highlighted) and ``--tiling OUT.png``
+                       (which tile computes which (input, output) pair, and when).
 ``lcsm bench``         a short mixer benchmark table (the full ones are in ``benchmarks/``).
+
+A target is ``MODULE:FACTORY`` (``MODULE`` importable from the current directory, or a file
+``path/to/file.py``) or, later, an exported ``FILE.lcsm`` artifact. A wrong target prints one
+line and exits with status 2.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
+import importlib.util
 import math
+import os
 import sys
 import time
+from typing import Any, Tuple
 
 import torch
+
+
+class CliError(Exception):
+    """A wrong argument: ``main`` prints the message as one line and returns ``status``."""
+
+    def __init__(self, message: str, status: int = 2):
+        super().__init__(message)
+        self.status = status
 
 
 def _demo(args: argparse.Namespace) -> int:
@@ -65,15 +87,154 @@ def _timeit(fn) -> float:
     return time.perf_counter() - t0
 
 
-def _explain(args: argparse.Namespace) -> int:
-    """Print what the compiler finds in the demo model."""
-    from .api import explain
-    from .models import HyenaLM
+# ----------------------------------------------------------------------------- targets
+def load_target(spec: str) -> Tuple[Any, torch.Tensor]:
+    """``(model, example)`` from a target ``MODULE:FACTORY`` (module doc); raises
+    :class:`CliError` with one line for anything wrong. ``FILE.lcsm`` goes to
+    :func:`load_artifact`."""
+    if spec.endswith(".lcsm"):
+        return load_artifact(spec)
+    mod_name, sep, fn_name = spec.rpartition(":")
+    if not sep or not mod_name or not fn_name:
+        raise CliError(f"expected MODULE:FACTORY (e.g. mypkg.models:make_model) or FILE.lcsm, got {spec!r}")
+    module = _import(mod_name)
+    obj: Any = module
+    for part in fn_name.split("."):
+        if not hasattr(obj, part):
+            raise CliError(f"module {mod_name!r} has no attribute {fn_name!r}")
+        obj = getattr(obj, part)
+    if not callable(obj):
+        raise CliError(f"{spec} is not callable (a factory returning (model, example_input) is expected)")
+    try:
+        out = obj()
+    except Exception as e:  # noqa: BLE001 - the user's code: one line, no traceback
+        raise CliError(f"{spec}() raised {type(e).__name__}: {_one_line(e)}") from None
+    if not (isinstance(out, (tuple, list)) and len(out) == 2):
+        raise CliError(f"{spec}() must return (model, example_input), got {_kind(out)}")
+    model, example = out
+    if not callable(model):
+        raise CliError(f"{spec}() must return (model, example_input): the model is {_kind(model)}, not callable")
+    if not isinstance(example, torch.Tensor) or example.dim() < 2:
+        raise CliError(f"{spec}() must return (model, example_input) with example_input a [B, L] or "
+                       f"[B, L, Din] tensor, got {_kind(example)}")
+    if isinstance(model, torch.nn.Module):
+        model.eval()
+    return model, example
 
-    torch.manual_seed(0)
-    model = HyenaLM(vocab=256, d_model=args.d_model, n_layers=args.layers, max_len=1024).eval()
-    print(explain(model, torch.randint(0, 256, (1, 16))))
+
+def load_artifact(path: str) -> Tuple[Any, torch.Tensor]:
+    """A ``.lcsm`` artifact as a target (not in this version: a clear one-line error)."""
+    raise CliError(f"{path}: artifact loading is not available yet (pass MODULE:FACTORY instead)")
+
+
+def _import(mod_name: str):
+    """Import ``mod_name`` (a dotted module, found from the current directory too, or a
+    ``.py`` file); :class:`CliError` with one line when that fails."""
+    if mod_name.endswith(".py"):
+        if not os.path.isfile(mod_name):
+            raise CliError(f"cannot import {mod_name!r}: no such file")
+        name = "_lcsm_target_" + os.path.splitext(os.path.basename(mod_name))[0]
+        spec = importlib.util.spec_from_file_location(name, mod_name)
+        module = importlib.util.module_from_spec(spec)
+        sys.modules[name] = module
+        try:
+            spec.loader.exec_module(module)
+        except Exception as e:  # noqa: BLE001
+            sys.modules.pop(name, None)
+            raise CliError(f"importing {mod_name!r} failed: {type(e).__name__}: {_one_line(e)}") from None
+        return module
+    if os.getcwd() not in sys.path and "" not in sys.path:
+        sys.path.insert(0, os.getcwd())  # like `python -m`: modules of the current directory
+    try:
+        return importlib.import_module(mod_name)
+    except ModuleNotFoundError as e:
+        raise CliError(f"cannot import module {mod_name!r}: {_one_line(e)}") from None
+    except Exception as e:  # noqa: BLE001 - an error inside the user's module
+        raise CliError(f"importing {mod_name!r} failed: {type(e).__name__}: {_one_line(e)}") from None
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _kind(x: Any) -> str:
+    if isinstance(x, torch.Tensor):
+        return f"a tensor of shape {tuple(x.shape)}"
+    if isinstance(x, (tuple, list)):
+        return f"a {type(x).__name__} of {len(x)} items"
+    return f"{type(x).__name__}"
+
+
+def _power_of_two(name: str, v):
+    if v is not None and (v < 1 or v & (v - 1)):
+        raise CliError(f"{name} must be a power of two >= 1, got {v}")
+
+
+# ----------------------------------------------------------------------------- explain, inspect
+def _explain(args: argparse.Namespace) -> int:
+    """Print what the compiler finds in a model (the demo model without a target)."""
+    from .api import explain
+
+    if args.target is None:
+        from .models import HyenaLM
+
+        torch.manual_seed(0)
+        model = HyenaLM(vocab=256, d_model=args.d_model, n_layers=args.layers, max_len=1024).eval()
+        example = torch.randint(0, 256, (1, 16))
+    else:
+        model, example = load_target(args.target)
+    opts = {"max_len": args.max_len} if args.max_len is not None else {}
+    print(explain(model, example, **opts))
     return 0
+
+
+def _inspect(args: argparse.Namespace) -> int:
+    """Build a streaming session for a target and print what it is made of; pictures."""
+    from .api import session
+    from .errors import LcsmError
+    from .inspection import inspect_report, mixer_kinds, tiling_args
+
+    model, example = load_target(args.target)
+    if args.max_len is not None and args.max_len < 1:
+        raise CliError(f"--max-len must be >= 1, got {args.max_len}")
+    for name in ("block", "delay_from", "fft_from"):
+        _power_of_two("--" + name.replace("_", "-"), getattr(args, name))
+    if args.block is not None and args.delay_from is not None and args.delay_from < args.block:
+        raise CliError(f"--delay-from must be >= --block, got {args.delay_from} < {args.block}")
+    P = example.shape[1]
+    max_len = args.max_len if args.max_len is not None else max(256, 2 * P)
+    eng = {k: getattr(args, k) for k in ("block", "delay_from", "fft_from") if getattr(args, k) is not None}
+    try:
+        sess = session(model, example, max_len=max_len, engine_options=eng or None)
+    except LcsmError as e:
+        raise CliError(f"{args.target}: {type(e).__name__}: {_one_line(e)}", status=1) from None
+    print(inspect_report(sess, title=f"lcsm inspect {args.target}"), end="")
+    status = 0
+    if args.dot:
+        from .visualize import write_dot
+
+        plan = sess.program.plan
+        gm = {"rewritten": plan.lowered.gm, "prefill": plan.prefill_gm, "step": plan.step_gm}[args.dot_graph]
+        msg = write_dot(gm, args.dot, title=f"{args.target}: {args.dot_graph} graph", mixers=mixer_kinds(plan))
+        print(f"--dot: {msg}")
+    if args.tiling:
+        from .visualize import tiling_figure
+
+        targs = tiling_args(sess, prefill=min(P, max_len), group=args.group)
+        if targs is None:
+            print(f"--tiling: group {args.group} has no online long-convolution engine: no tiling to draw",
+                  file=sys.stderr)
+            status = 1
+        else:
+            try:
+                tiling_figure(path=args.tiling, **targs)
+            except LcsmError as e:  # matplotlib missing
+                print(f"--tiling: {_one_line(e)}", file=sys.stderr)
+                return 1
+            print(f"--tiling: wrote {args.tiling} (group {args.group}: " +
+                  ", ".join(f"{k}={v}" for k, v in targs.items()) + ")")
+    return status
 
 
 def _demo_mixer(args: argparse.Namespace) -> int:
@@ -154,17 +315,48 @@ def main(argv: list[str] | None = None) -> int:
     d.add_argument("--length", type=int, default=8192, help="--mixer: positions")
     d.add_argument("--no-progress", dest="progress", action="store_false")
     d.set_defaults(func=_demo)
-    e = sub.add_parser("explain", help="what the compiler finds in the demo model")
-    e.add_argument("--layers", type=int, default=2)
-    e.add_argument("--d-model", type=int, default=64)
+    e = sub.add_parser("explain", help="what the compiler finds in a model (default: the demo model)",
+                       description="Print what the compiler finds in a model: long and short convolutions "
+                                   "with their source lines, cross-layer groups, refusals.")
+    e.add_argument("target", nargs="?", metavar="MODULE:FACTORY",
+                   help="FACTORY() in MODULE returns (model, example_input); default: the demo Hyena LM")
+    e.add_argument("--max-len", type=int, default=None, help="the longest length to plan for")
+    e.add_argument("--layers", type=int, default=2, help="demo model: layers")
+    e.add_argument("--d-model", type=int, default=64, help="demo model: width")
     e.set_defaults(func=_explain)
+    i = sub.add_parser("inspect", help="the streaming program of a model: graphs, groups, schedule, pictures",
+                       description="Build a streaming session for a model and print its rewritten prefill and "
+                                   "step programs as code, the cross-layer groups, each group's schedule "
+                                   "parameters and kernels. --dot and --tiling draw pictures.")
+    i.add_argument("target", metavar="TARGET",
+                   help="MODULE:FACTORY (FACTORY() returns (model, example_input)) or FILE.lcsm (not yet)")
+    i.add_argument("--max-len", type=int, default=None,
+                   help="the session's max_len (default: max(256, 2 x the example's length))")
+    i.add_argument("--dot", metavar="OUT", default=None,
+                   help="write a graph with the convolutions highlighted: OUT.svg/.png/.pdf rendered by graphviz "
+                        "`dot` when installed (else OUT.dot is written and the tool says so), OUT.dot as text")
+    i.add_argument("--dot-graph", choices=("rewritten", "prefill", "step"), default="rewritten",
+                   help="which graph --dot draws (default: the rewritten full-sequence graph)")
+    i.add_argument("--tiling", metavar="OUT.png", default=None,
+                   help="write a matplotlib picture of which tile covers which (input, output) pair and at "
+                        "which step it is computed (.png/.svg/.pdf; needs matplotlib)")
+    i.add_argument("--group", type=int, default=0, help="the group whose schedule --tiling draws (default 0)")
+    i.add_argument("--block", type=int, default=None, help="engine option: red-cell block (power of two)")
+    i.add_argument("--delay-from", type=int, default=None,
+                   help="engine option: tiles of this size and larger are delayed (power of two >= block)")
+    i.add_argument("--fft-from", type=int, default=None, help="engine option: smallest FFT tile (power of two)")
+    i.set_defaults(func=_inspect)
     b = sub.add_parser("bench", help="short mixer benchmark (full: benchmarks/mixer.py)")
     b.add_argument("--channels", type=int, default=256)
     b.add_argument("--min-log2", type=int, default=10)
     b.add_argument("--max-log2", type=int, default=12)
     b.set_defaults(func=_bench)
     args = ap.parse_args(argv)
-    return args.func(args)
+    try:
+        return args.func(args)
+    except CliError as e:
+        print(f"lcsm {args.cmd}: error: {e}", file=sys.stderr)
+        return e.status
 
 
 if __name__ == "__main__":

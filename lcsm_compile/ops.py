@@ -29,7 +29,8 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
-__all__ = ["long_conv", "short_conv", "causal_conv_fft", "causal_conv_direct", "compute_dtype"]
+__all__ = ["long_conv", "short_conv", "causal_conv_fft", "causal_conv_direct", "compute_dtype",
+           "causal_short_conv", "STATEFUL_SCHEMAS", "register_stateful_impl"]
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -90,9 +91,9 @@ def _long_conv_fake(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
     return torch.empty_like(u)
 
 
-@torch.library.custom_op("lcsm::short_conv", mutates_args=())
-def short_conv(u: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """Causal depthwise short convolution, kernel ``w`` of shape ``[C, K]``, optional ``bias [C]``."""
+def causal_short_conv(u: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Causal depthwise short convolution of ``u [..., C, L]``, kernel ``w [C, K]``, optional
+    ``bias [C]`` (the math of ``lcsm::short_conv``)."""
     C, K = w.shape
     lead = u.shape[:-2]
     L = u.shape[-1]
@@ -102,6 +103,78 @@ def short_conv(u: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = 
     return y.reshape(*lead, C, L)
 
 
+@torch.library.custom_op("lcsm::short_conv", mutates_args=())
+def short_conv(u: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Causal depthwise short convolution, kernel ``w`` of shape ``[C, K]``, optional ``bias [C]``."""
+    return causal_short_conv(u, w, bias)
+
+
 @short_conv.register_fake
 def _short_conv_fake(u: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     return torch.empty_like(u)
+
+
+# ---------------------------------------------------------------------------------------------
+# The stateful ops of the streaming programs. Their state is tensors passed as arguments (and
+# mutated in place: ``(a!)`` in the schema), so a step program is one FX graph that
+# ``torch.compile(fullgraph=True)`` compiles and ``torch.export`` exports with these ops as
+# nodes. Only the schemas and fake (shape) implementations live here; the implementations are
+# registered by :mod:`lcsm_compile.runtime.state_ops` (the online engine and its kernels).
+# They are defined with ``torch.library.Library`` rather than ``custom_op``: the call overhead
+# is ~8 us instead of 25-70 us, which matters for ops that run once per layer per token.
+#
+# Online long convolution of a group (state of :class:`lcsm_compile.runtime.engine.OnlineConv`:
+# ``hist``, ``acc`` [B, C, max_len], ``blk_hist``, ``blk_acc`` [block, B, C], ``meta`` int64 [5]
+# on the CPU = position, prefill length, block start, state id, native flag; ``k`` [C, max_len]
+# the filters; ``config`` = block, fft_from, delay_from, chunk_flops, kernels (0 auto, 1 torch)):
+#
+# * ``online_diag(u [B, n], blk_hist!, blk_acc, kb, meta, c0) -> y [B, n]``: the output of the
+#   current position for channels ``c0 .. c0 + n`` (one group member); records ``u``.
+# * ``online_advance(hist!, acc!, blk_hist!, blk_acc!, meta!, k, config)``: after every member's
+#   diag: the tile work of the position, then the position moves on by one.
+# * ``online_prefill(u [B, n, P], hist!, acc!, meta, k, c0) -> y [B, n, P]``: a member's prompt.
+# * ``online_finish_prefill(hist!, acc!, blk_hist!, blk_acc!, meta!, k, config, P)``: after every
+#   member's prefill: the position becomes P.
+#
+# Short causal depthwise convolution as a ring buffer ``buf [B, C, K]`` indexed by position
+# (slot ``t % K`` holds the input of position ``t``), so a step that is retried at the same
+# position overwrites its own slot and nothing needs rolling back:
+#
+# * ``ring_step(u [B, C], buf!, w [C, K], bias?, pos [1]) -> y [B, C]``
+# * ``ring_prefill(u [B, C, P], buf!, w, bias?) -> y [B, C, P]`` (from position 0, ``buf`` zero)
+
+_LIB = torch.library.Library("lcsm", "FRAGMENT")
+STATEFUL_SCHEMAS = {
+    "online_diag": "online_diag(Tensor u, Tensor(a!) blk_hist, Tensor blk_acc, Tensor kb, Tensor meta, "
+                   "int c0) -> Tensor",
+    "online_advance": "online_advance(Tensor(a!) hist, Tensor(b!) acc, Tensor(c!) blk_hist, Tensor(d!) blk_acc, "
+                      "Tensor(e!) meta, Tensor k, int[] config) -> ()",
+    "online_prefill": "online_prefill(Tensor u, Tensor(a!) hist, Tensor(b!) acc, Tensor meta, Tensor k, "
+                      "int c0) -> Tensor",
+    "online_finish_prefill": "online_finish_prefill(Tensor(a!) hist, Tensor(b!) acc, Tensor(c!) blk_hist, "
+                             "Tensor(d!) blk_acc, Tensor(e!) meta, Tensor k, int[] config, SymInt length) -> ()",
+    "ring_step": "ring_step(Tensor u, Tensor(a!) buf, Tensor w, Tensor? bias, Tensor pos) -> Tensor",
+    "ring_prefill": "ring_prefill(Tensor u, Tensor(a!) buf, Tensor w, Tensor? bias) -> Tensor",
+}
+for _schema in STATEFUL_SCHEMAS.values():
+    _LIB.define(_schema)
+
+
+def _fake_like_u(u, *args):
+    return torch.empty_like(u)
+
+
+def _fake_none(*args):
+    return None
+
+
+for _name in ("online_diag", "online_prefill", "ring_step", "ring_prefill"):
+    torch.library.register_fake(f"lcsm::{_name}", _fake_like_u, lib=_LIB)
+for _name in ("online_advance", "online_finish_prefill"):
+    torch.library.register_fake(f"lcsm::{_name}", _fake_none, lib=_LIB)
+
+
+def register_stateful_impl(name: str, fn) -> None:
+    """Register ``fn`` as the implementation of ``lcsm::<name>`` (every device: the function
+    picks its kernels from its arguments)."""
+    _LIB.impl(name, fn, "CompositeExplicitAutograd")

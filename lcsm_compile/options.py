@@ -6,9 +6,14 @@ points take the same names; an unknown name is an error that lists the valid one
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable
+import os
+from typing import Any, Dict, Iterable, Optional
 
-__all__ = ["SESSION_OPTIONS", "BACKEND_OPTIONS", "check_options", "KERNELS"]
+__all__ = ["SESSION_OPTIONS", "BACKEND_OPTIONS", "check_options", "KERNELS", "DEBUG_DIR_ENV",
+           "resolve_debug_dir"]
+
+#: the environment variable that gives ``debug_dir`` its default
+DEBUG_DIR_ENV = "LCSM_DEBUG_DIR"
 
 #: the ``kernels`` values this version has
 KERNELS = ("auto", "torch")
@@ -16,8 +21,8 @@ KERNELS = ("auto", "torch")
 #: options of ``session``/``generate`` with their defaults
 SESSION_OPTIONS: Dict[str, Any] = {
     "kernels": "auto",          # "auto": native CPU kernels where they build, else torch; "torch"
-    "compile_step": False,      # compile the step program with Inductor
-    "debug_dir": None,          # write each compiler stage's graph there
+    "compile_step": "auto",     # compile the step program with Inductor: True | False | "auto" (long sessions)
+    "debug_dir": None,          # write each compiler stage's graph there (None: $LCSM_DEBUG_DIR)
     "engine": "online",         # "online" | "lazy" | "eager" | "none" (benchmark baselines)
     "engine_options": None,     # e.g. {"block": 16}
     "threads": 1,               # intra-op threads of a step (None: torch's setting), restored after
@@ -41,3 +46,14 @@ def check_options(options: Dict[str, Any], allowed: Iterable[str], where: str) -
     unknown = sorted(set(options) - set(allowed))
     if unknown:
         raise TypeError(f"{where}: unknown option(s) {unknown}; valid options: {sorted(allowed)}")
+
+
+def resolve_debug_dir(value: Any = None) -> Optional[str]:
+    """The ``debug_dir`` to use: ``value`` when given (a path), ``$LCSM_DEBUG_DIR`` when
+    ``value`` is None (unset or empty: no dumps), and no dumps for ``False`` or ``""`` (turns
+    the environment variable off for one call)."""
+    if value is None:
+        return os.environ.get(DEBUG_DIR_ENV) or None
+    if value is False or value == "":
+        return None
+    return os.fspath(value)

@@ -8,9 +8,11 @@ Each stage is a pure function ``state -> state`` on a frozen record (:class:`Low
 returns a copy with its own fields filled (``dataclasses.replace``); nothing else changes.
 :func:`run_stages` runs a list of stages in order, times each one, logs it to
 ``logging.getLogger("lcsm_compile")`` and, with ``debug_dir``, writes the stage's graph and
-notes to ``debug_dir/NN_stage.txt``; ``until=`` stops after a named stage (tests run the
-pipeline up to the stage they check). A stage that finds the model unsupported records
-refusals (data: op, user's ``file:line``, reason); no stage raises for an unsupported model.
+notes to ``debug_dir/NN_stage.txt`` (default ``$LCSM_DEBUG_DIR``) and, with ``TORCH_TRACE``
+set, emits them as structured trace artifacts ``lcsm_<stage>`` (docs/debugging.md); ``until=``
+stops after a named stage (tests run the pipeline up to the stage they check). A stage that
+finds the model unsupported records refusals (data: op, user's ``file:line``, reason); no stage
+raises for an unsupported model.
 Only the public entry points (``session``, ``generate``) turn refusals into
 :class:`~lcsm_compile.UnsupportedModelError`.
 
@@ -34,6 +36,7 @@ step programs whose stateful calls are unbound slots (:mod:`lcsm_compile.passes.
 from __future__ import annotations
 
 import dataclasses
+import json
 import logging
 import os
 import time
@@ -58,10 +61,12 @@ from .passes.rewrite import rewrite_regions
 from .passes.step_graph import build_prefill_graph, build_step_graph, rename_slots
 from .passes.time_axis import Analysis, TimeAxis, classify, data_dependent, filter_only, length_bound
 from .passes.verify import verify_regions
+from .options import resolve_debug_dir
 from .report import ConvRecord, Refusal
 
 __all__ = ["Stage", "run_stages", "LOWER", "FRONTEND", "PLAN", "Lowered", "ProgramPlan", "lower",
-           "plan", "frontend_state", "max_length"]
+           "plan", "frontend_state", "max_length", "trace_artifact", "plan_summary", "stage_graphs",
+           "refusal_dict"]
 
 log = logging.getLogger("lcsm_compile")
 
@@ -80,11 +85,20 @@ def run_stages(state: Any, stages: Sequence[Stage], *, until: Optional[str] = No
                debug_dir: Optional[str] = None) -> Any:
     """Run ``stages`` in order on ``state`` (module doc). Stops early after the stage named
     ``until`` (which must be one of ``stages``) or when a stage sets ``state.halted``.
-    ``state.stage_times`` gets the seconds each stage took."""
+    ``state.stage_times`` gets the seconds each stage took.
+
+    ``debug_dir`` None means ``$LCSM_DEBUG_DIR`` (:func:`~lcsm_compile.options.resolve_debug_dir`;
+    ``False`` turns the dumps off). With ``TORCH_TRACE`` set, every stage that has a graph is
+    emitted as a structured trace artifact ``lcsm_<stage>`` (its graph as code, and its notes),
+    and the run ends with ``lcsm_refusals`` and, for a plan, ``lcsm_plan``
+    (:func:`trace_artifact`; ``tlparse`` shows them next to dynamo's own artifacts)."""
     names = [s.name for s in stages]
     if until is not None and until not in names:
         raise ValueError(f"no stage {until!r}; the stages are {names}")
+    debug_dir = resolve_debug_dir(debug_dir)
     times = dict(state.stage_times)
+    shown: list = [None, None]  # the last graph emitted as a trace artifact, and its stage
+    t_all = time.perf_counter()
     for i, st in enumerate(stages):
         if state.halted:
             break
@@ -95,9 +109,98 @@ def run_stages(state: Any, stages: Sequence[Stage], *, until: Optional[str] = No
         log.debug("lcsm stage %s: %.3f s", st.name, times[st.name])
         if debug_dir:
             _dump(debug_dir, i, st, state)
+        _trace_stage(st, state, shown)
         if st.name == until:
             break
+    done = [n for n in names if n in times]
+    log.debug("lcsm stages %s: %.3f s, %d refusal(s)%s", "/".join(done), time.perf_counter() - t_all,
+              len(state.refusals), " (halted)" if state.halted else "")
+    trace_artifact("lcsm_refusals", lambda: [refusal_dict(r) for r in state.refusals], "json")
+    if isinstance(state, ProgramPlan) and state.groups is not None:
+        trace_artifact("lcsm_plan", lambda: plan_summary(state), "json")
     return state
+
+
+def trace_artifact(name: str, payload_fn: Callable[[], Any], encoding: str = "string") -> bool:
+    """Emit a structured trace artifact (``TORCH_TRACE``) named ``name``: ``payload_fn()`` is
+    called only when tracing is on and returns text (``encoding="string"``) or JSON-able data
+    (``encoding="json"``; values JSON cannot hold are written with ``str``).
+    Uses torch's private ``torch._logging._internal.trace_structured_artifact``: where it is
+    absent or fails, nothing is emitted and False is returned (never raises)."""
+    try:
+        from torch._logging import _internal as tl
+
+        emit = getattr(tl, "trace_structured_artifact", None)
+        structured = getattr(tl, "trace_structured", None)
+        trace_log = getattr(tl, "trace_log", None)
+        if (emit is None and structured is None) or (trace_log is not None and not trace_log.handlers):
+            return False
+
+        def payload() -> str:
+            out = payload_fn()
+            return out if isinstance(out, str) else json.dumps(out, indent=1, default=str)
+
+        if structured is not None:  # what trace_structured_artifact does, without the call stack it
+            try:                    # records when called outside a compile (a session, explain)
+                structured("artifact", metadata_fn=lambda: {"name": name, "encoding": encoding},
+                           payload_fn=payload, expect_trace_id=False)
+                return True
+            except TypeError:  # another signature: the public-ish wrapper below
+                pass
+        if emit is None:
+            return False
+        emit(name, encoding, payload_fn=payload)
+        return True
+    except Exception as e:  # noqa: BLE001 - debugging aid only: never break a compile
+        log.debug("lcsm trace artifact %s not emitted: %s", name, e)
+        return False
+
+
+def _graph_code(gm: Any) -> str:
+    if hasattr(gm, "print_readable"):
+        return gm.print_readable(print_output=False)
+    return str(getattr(gm, "graph", gm))
+
+
+def stage_graphs(state: Any) -> List[Tuple[str, Any]]:
+    """The graphs of a state to show: ``[(label, GraphModule)]`` (the prefill and step programs
+    of a plan, else ``state.stage_graph``)."""
+    if isinstance(state, ProgramPlan):
+        return [(lbl, g) for lbl, g in (("prefill program", state.prefill_gm), ("step program", state.step_gm))
+                if g is not None]
+    gm = getattr(state, "stage_graph", None)
+    return [] if gm is None else [("graph", gm)]
+
+
+def _trace_stage(st: Stage, state: Any, shown: list) -> None:
+    """The trace artifact ``lcsm_<stage>`` of a stage that has a graph (module doc). A graph
+    already emitted by an earlier stage of the same run is named, not repeated."""
+    graphs = stage_graphs(state)
+    if not graphs:
+        return
+    ids = tuple(id(g) for _, g in graphs)
+    prev, prev_stage = shown
+    shown[0], shown[1] = ids, (st.name if ids != prev else prev_stage)
+
+    def payload() -> str:
+        parts = []
+        for label, g in graphs:
+            if ids == prev:
+                parts.append(f"# {label}: unchanged since lcsm_{prev_stage}")
+            else:
+                parts.append(f"# {label} after stage {st.name}\n{_graph_code(g)}")
+        if st.notes is not None:
+            parts.append("# notes\n" + st.notes(state))
+        if state.refusals:
+            parts.append("# refusals\n" + "\n".join(str(r) for r in state.refusals))
+        return "\n\n".join(parts)
+
+    trace_artifact(f"lcsm_{st.name}", payload)
+
+
+def refusal_dict(r: Refusal) -> Dict[str, Any]:
+    """A refusal as JSON-able data."""
+    return {"op": r.op, "source": r.source, "reason": r.reason, "node": r.node}
 
 
 def _dump(debug_dir: str, i: int, st: Stage, state: Any) -> None:
@@ -105,7 +208,7 @@ def _dump(debug_dir: str, i: int, st: Stage, state: Any) -> None:
     gm = getattr(state, "stage_graph", None)
     with open(os.path.join(debug_dir, f"{i:02d}_{st.name}.txt"), "w") as f:
         if gm is not None:
-            f.write(gm.print_readable(print_output=False) if hasattr(gm, "print_readable") else str(gm.graph))
+            f.write(_graph_code(gm))
         if st.notes is not None:
             f.write("\n\n" + st.notes(state))
         if state.refusals:
@@ -447,6 +550,27 @@ def _programs(p: ProgramPlan) -> ProgramPlan:
 
 def _group_notes(p: ProgramPlan) -> str:
     return "\n".join(f"group {i}: {g.describe()}: {', '.join(g.members)}" for i, g in enumerate(p.groups.groups))
+
+
+def plan_summary(p: ProgramPlan) -> Dict[str, Any]:
+    """A plan as JSON-able data (the ``lcsm_plan`` trace artifact, ``lcsm inspect``): lengths,
+    batch, the cross-layer groups and the other mixers. The engines' schedule parameters are
+    chosen when a program is instantiated (``lcsm_schedule``, :mod:`lcsm_compile.inspection`)."""
+    groups = p.groups.groups if p.groups is not None else []
+    mixers = {n.name: ("long" if n.target == LONG_CONV else "short") for n in p.lowered.gm.graph.nodes
+              if n.op == "call_function" and n.target in (LONG_CONV, SHORT_CONV)} if p.lowered.gm is not None else {}
+    return {
+        "max_len": p.max_len, "batch_size": p.batch_size, "valid_range": list(p.lowered.valid_range),
+        "input_kind": p.lowered.input_kind,
+        "groups": [{"members": list(g.members), "channels": g.channels, "batch": g.batch,
+                    "dtype": str(g.dtype).replace("torch.", ""), "device": str(g.device),
+                    "depths": dict(g.depths), "describe": g.describe()} for g in groups],
+        "long_convs": [m for m, k in mixers.items() if k == "long"],
+        "short_convs": [m for m, k in mixers.items() if k == "short"],
+        "short_pieces": [hi for hi, _ in p.short_pieces],
+        "refusals": [refusal_dict(r) for r in p.refusals],
+        "stage_times": {k: round(v, 6) for k, v in p.stage_times.items()},
+    }
 
 
 #: the stages of :func:`plan`

@@ -346,9 +346,10 @@ def test_generate_from_empty_prompt_is_a_clear_error():
 @pytest.mark.parametrize("engine", ["online", "lazy", "eager"])
 @pytest.mark.parametrize("P", [0, 1, 6])
 def test_engines_and_members_take_an_empty_prefill(engine, P):
-    """P = 0 at the engine / member level: empty outputs, state untouched, steps exact."""
+    """P = 0 at the engine / member level: empty outputs, state untouched, steps exact (the
+    short convolution through its ring-buffer ops)."""
     from lcsm_compile.ops import causal_conv_fft, short_conv
-    from lcsm_compile.runtime.members import LongMember, ShortMember
+    from lcsm_compile.runtime.members import LongMember
     from lcsm_compile.runtime.program import ENGINES
 
     g = torch.Generator().manual_seed(3)
@@ -359,17 +360,17 @@ def test_engines_and_members_take_an_empty_prefill(engine, P):
     eng = ENGINES[engine](k, max_len=16, batch_size=B, **opts)
     long = LongMember("l", eng, slice(0, C), (B,), C)
     w, bias = torch.randn(C, 3, generator=g), torch.randn(C, generator=g)
-    short = ShortMember("s", w, bias, (B,), C, torch.float32, torch.device("cpu"))
-    yl, ys = long.prefill(u[..., :P]), short.prefill(u[..., :P])
+    buf = torch.zeros(B, C, 3)
+    yl, ys = long.prefill(u[..., :P]), torch.ops.lcsm.ring_prefill(u[..., :P], buf, w, bias)
     assert yl.shape == ys.shape == (B, C, P) and yl.dtype == ys.dtype == torch.float32
     eng.finish_prefill(P)
-    short.commit()
     outl, outs = [yl], [ys]
+    pos = torch.zeros(1, dtype=torch.long)
     for t in range(P, T):
         outl.append(long.step(u[..., t]).unsqueeze(-1))
-        outs.append(short.step(u[..., t:t + 1]))
+        pos.fill_(t)
+        outs.append(torch.ops.lcsm.ring_step(u[..., t], buf, w, bias, pos).unsqueeze(-1))
         eng.advance()
-        short.commit()
     assert rel(torch.cat(outl, -1), causal_conv_fft(u.double(), k.double())) <= 1e-5
     assert rel(torch.cat(outs, -1), short_conv(u, w, bias)) <= 1e-6
 
@@ -496,18 +497,18 @@ def test_capture_example_of_an_empty_or_one_token_prompt_varies():
 
 
 def test_steps_run_single_threaded_and_restore_the_thread_count(monkeypatch):
-    from lcsm_compile.runtime import members
+    from lcsm_compile.runtime import state_ops
 
     e = zoo.get("safari_hyena_o2")
     model, x = e.build(), e.make_input(1, 12)
     seen = []
-    orig = members.LongMember.step
+    orig = state_ops.red_step  # what lcsm::online_diag runs
 
-    def spy(self, u):
+    def spy(*args):
         seen.append(torch.get_num_threads())
-        return orig(self, u)
+        return orig(*args)
 
-    monkeypatch.setattr(members.LongMember, "step", spy)
+    monkeypatch.setattr(state_ops, "red_step", spy)
     prev = torch.get_num_threads()
     torch.set_num_threads(2)
     try:

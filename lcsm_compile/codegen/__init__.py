@@ -5,6 +5,7 @@ reference (and the fallback that runs where the native kernel is unavailable):
 
 * :mod:`.red_cells`: the per-step red cells of a group member and the per-block transposes;
 * :mod:`.tiles`: one tile of the relaxed schedule (direct, FFT);
+* :mod:`.ring`: the short convolution's ring-buffer step;
 * :mod:`.native`: emitting C to the kernel cache, building it with the system C compiler, the
   capability check.
 
@@ -20,12 +21,12 @@ from typing import Optional
 
 import torch
 
-from . import native, red_cells, tiles
+from . import native, red_cells, ring, tiles
 
 __all__ = ["SOURCE", "CpuKernels", "kernels_for"]
 
 #: the emitted C library: the shared prelude, then each kernel family's source
-SOURCE = native.PRELUDE + red_cells.SOURCE + tiles.SOURCE
+SOURCE = native.PRELUDE + red_cells.SOURCE + tiles.SOURCE + ring.SOURCE
 _NAME = "lcsm_kernels"
 _P = ctypes.c_void_p
 _I = ctypes.c_int64
@@ -50,6 +51,9 @@ class CpuKernels:
         self.direct_tile = getattr(lib, f"lcsm_direct_tile_{s}")
         self.direct_tile.argtypes = [_P, _P, _P, _I, _I, _I, _I, _I, _I, _I, _I]
         self.direct_tile.restype = None
+        self.ring_step = getattr(lib, f"lcsm_ring_step_{s}")
+        self.ring_step.argtypes = [_P, _P, _P, _P, _P, _I, _I, _I, _I]
+        self.ring_step.restype = None
 
 
 def kernels_for(dtype: torch.dtype, device: torch.device) -> tuple[Optional[CpuKernels], str]:

@@ -24,7 +24,9 @@ The model's Python code is never run again: only these graphs are.
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import dataclasses
 from typing import Any, Callable, Dict
 
 import torch
@@ -33,7 +35,8 @@ import torch.fx as fx
 from .common import LONG_CONV, SHORT_CONV
 from .fold_filters import Folded
 
-__all__ = ["Slot", "build_prefill_graph", "build_step_graph", "bind_slots", "rename_slots"]
+__all__ = ["Slot", "build_prefill_graph", "build_step_graph", "bind_slots", "rename_slots", "LongSlot",
+           "ShortSlot", "lower_slots", "state_attr", "GROUP_STATE", "SHORT_STATE"]
 
 
 class Slot:
@@ -160,3 +163,121 @@ def _set_attr(root: torch.nn.Module, target: str, obj) -> None:
         mod.register_buffer(parts[-1], obj, persistent=False)
     else:
         setattr(mod, parts[-1], obj)
+
+
+# ---------------------------------------------------------------------------------------------
+# Slots -> stateful lcsm ops (the programs of the online engine)
+
+@dataclasses.dataclass(frozen=True)
+class LongSlot:
+    """Where one long convolution's slot goes: channels ``c0 .. c0 + n`` of group ``group``,
+    its input reshaped to ``[batch, n]`` (step) / ``[batch, n, P]`` (prefill)."""
+    group: int
+    c0: int
+    n: int
+    batch: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ShortSlot:
+    """One short convolution's ring buffer: input reshaped to ``[batch, n]`` / ``[batch, n, P]``."""
+    batch: int
+    n: int
+    has_bias: bool
+
+
+#: the attributes a program module holding the state must have, per group ``g`` / short conv
+GROUP_STATE = ("hist", "acc", "blk_hist", "blk_acc", "meta", "k", "kb")
+SHORT_STATE = ("buf", "w", "bias")
+
+
+def state_attr(owner: str, field: str) -> str:
+    """The attribute name of a state tensor: ``owner`` is ``g<i>`` (a group) or a short conv's
+    node name."""
+    return f"{owner}_{field}"
+
+
+def lower_slots(gm: fx.GraphModule, mode: str, longs: Dict[str, LongSlot], shorts: Dict[str, ShortSlot],
+                configs: "list[list[int]]") -> fx.Graph:
+    """The graph of a program whose slots run as stateful ``lcsm`` ops (pure: ``gm`` unchanged).
+
+    ``mode`` is ``"step"`` (``gm`` from :func:`build_step_graph`, signature ``(x_t, pos)``) or
+    ``"prefill"`` (:func:`build_prefill_graph`, ``(x)``). A long slot becomes
+    ``lcsm::online_diag`` / ``online_prefill`` on its group's state, a short slot
+    ``lcsm::ring_step`` / ``ring_prefill`` on its ring buffer; state tensors are ``get_attr``
+    nodes named by :func:`state_attr` (the runtime's module owns them). After the last
+    computation, just before the output (so that an error anywhere in the model leaves every
+    position unmoved), one ``online_advance`` / ``online_finish_prefill`` per group (``configs[g]``
+    its schedule). Slots not named in ``longs``/``shorts`` are kept (bound by the runtime).
+    """
+    ops = torch.ops.lcsm
+    g = fx.Graph()
+    env: Dict[fx.Node, fx.Node] = {}
+    attrs: Dict[str, fx.Node] = {}
+    pos = None
+    group_len: Dict[int, fx.Node] = {}
+
+    def attr(name: str) -> fx.Node:
+        if name not in attrs:
+            with g.inserting_before(first_compute[0]) if first_compute else contextlib.nullcontext():
+                attrs[name] = g.get_attr(name)
+        return attrs[name]
+
+    first_compute: list = []
+    out_node = None
+    for n in gm.graph.nodes:
+        if n.op == "placeholder":
+            env[n] = g.node_copy(n)
+            if n.name == "pos":
+                pos = env[n]
+            continue
+        if n.op == "output":
+            out_node = n
+            continue
+        if n.op == "call_function" and isinstance(n.target, Slot) and (n.target.name in longs or
+                                                                        n.target.name in shorts):
+            u = env[n.args[0]]
+            name = n.target.name
+            if name in longs:
+                s = longs[name]
+                gn = f"g{s.group}"
+                if mode == "step":
+                    u2 = g.call_method("reshape", (u, s.batch, s.n))
+                    y = g.call_function(ops.online_diag.default, (u2, attr(state_attr(gn, "blk_hist")),
+                                        attr(state_attr(gn, "blk_acc")), attr(state_attr(gn, "kb")),
+                                        attr(state_attr(gn, "meta")), s.c0))
+                else:
+                    u2 = g.call_method("reshape", (u, s.batch, s.n, -1))
+                    y = g.call_function(ops.online_prefill.default, (u2, attr(state_attr(gn, "hist")),
+                                        attr(state_attr(gn, "acc")), attr(state_attr(gn, "meta")),
+                                        attr(state_attr(gn, "k")), s.c0))
+                    group_len.setdefault(s.group, g.call_function(torch.ops.aten.sym_size.int, (u2, 2)))
+            else:
+                s = shorts[name]
+                bias = attr(state_attr(name, "bias")) if s.has_bias else None
+                if mode == "step":
+                    u2 = g.call_method("reshape", (u, s.batch, s.n))
+                    y = g.call_function(ops.ring_step.default, (u2, attr(state_attr(name, "buf")),
+                                        attr(state_attr(name, "w")), bias, pos))
+                else:
+                    u2 = g.call_method("reshape", (u, s.batch, s.n, -1))
+                    y = g.call_function(ops.ring_prefill.default, (u2, attr(state_attr(name, "buf")),
+                                        attr(state_attr(name, "w")), bias))
+            if not first_compute:
+                first_compute.append(u2)
+            env[n] = g.call_method("reshape_as", (y, u))
+            env[n].meta = dict(n.meta)
+            continue
+        env[n] = g.node_copy(n, lambda a: env[a])
+    if mode == "step" and pos is None and longs:
+        raise ValueError("lower_slots: a step program needs its 'pos' placeholder")
+    for gi, cfg in enumerate(configs):
+        gn = f"g{gi}"
+        state = [attr(state_attr(gn, f)) for f in ("hist", "acc", "blk_hist", "blk_acc", "meta")]
+        if mode == "step":
+            g.call_function(ops.online_advance.default, (*state, attr(state_attr(gn, "k")), list(cfg)))
+        elif gi in group_len:
+            g.call_function(ops.online_finish_prefill.default, (*state, attr(state_attr(gn, "k")), list(cfg),
+                                                                group_len[gi]))
+    g.output(fx.map_arg(out_node.args[0], lambda a: env[a]))
+    return g

@@ -9,6 +9,7 @@
 * :mod:`.session`: :class:`Session`, the user-facing streaming session.
 """
 
+from . import state_ops  # noqa: F401 - registers the lcsm ops' implementations
 from .engine import OnlineConv
 from .program import StreamProgram, instantiate
 from .session import Session

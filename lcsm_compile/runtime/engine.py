@@ -38,6 +38,9 @@ batched call.
 
 from __future__ import annotations
 
+import collections
+import secrets
+import weakref
 from typing import Optional
 
 import torch
@@ -60,57 +63,50 @@ def _zeros_huge(*shape, dtype, device) -> torch.Tensor:
     return t.zero_()
 
 
-_use_count = getattr(torch._C, "_storage_Use_Count", None)  # internal; without it, never recycle
+#: live engines by the id in their ``meta`` (weak): what the ``lcsm::online_*`` ops run on
+_ENGINES: "dict[int, weakref.ref]" = {}
+#: engines the ops made for state tensors no live engine owns (an exported program's), newest last
+_ADOPTED: "collections.OrderedDict[int, OnlineConv]" = collections.OrderedDict()
+_MAX_ADOPTED = 16
 
 
-def _storage_uses(t: torch.Tensor) -> int:
-    return _use_count(t.untyped_storage()._cdata)
+def _new_uid() -> int:
+    return secrets.randbits(62) + 1
 
 
-class _FusedMember:
-    """Per-member state of the fused red-cell step: the kernel's packed fixed arguments, and
-    the outputs of the current block, rows of a ``[block, B, C']`` buffer handed out one per
-    step, each as a new alias (``detach()``) whose tensor holds a reference to the storage. A
-    buffer is written again only when its storage's use count is back to the engine's own
-    references, i.e. no output of it (nor any view of one) is alive anywhere, Python or C++;
-    otherwise the block gets new memory. So an output handed out is never overwritten, and a
-    loop that drops its outputs reuses a few buffers instead of allocating (and page-faulting,
-    ~70 us at C = 1024) one per block."""
+_RED_PARAMS: dict = {}  # packed fixed arguments of the native red step, by the addresses they hold
 
-    __slots__ = ("params", "params_ptr", "shape", "dtype", "start", "gen", "rows", "base", "row_bytes",
-                 "pool", "current")
-    POOL = 3
 
-    def __init__(self, eng: "OnlineConv", c0: int, n: int):
-        self.params = red_cells.red_step_params(eng.blk_hist, eng.blk_acc, eng._kb, c0, n)
-        self.params_ptr = self.params.data_ptr()
-        self.shape = (eng.block, eng.batch_size, n)
-        self.dtype = eng.dtype
-        self.start = self.gen = -1
-        self.rows: tuple = ()
-        self.base = self.row_bytes = 0
-        self.pool: list = []  # [buffer, rows, own_uses]
-        self.current = None
+def red_step(u: torch.Tensor, blk_hist: torch.Tensor, blk_acc: torch.Tensor, kb: torch.Tensor, r: int, c0: int,
+             nk=None) -> torch.Tensor:
+    """One step of the red cells of one group member, a pure function of its arguments:
+    record ``u [B, n]`` (channels ``c0 .. c0 + n``) in ``blk_hist[r]`` and return a new tensor
+    ``y = blk_acc[r] + sum_{s <= r} blk_hist[s] * kb[r - s]`` (pull form: ``blk_acc`` holds the
+    tiles' contributions only and is not written). Running it again at the same ``r`` (a step
+    that failed half-way and is retried) overwrites the same row: nothing to roll back.
 
-    def renew(self, start: int, gen: int) -> None:
-        entry = None
-        if _use_count is not None:
-            for e in self.pool:
-                if e is not self.current and _storage_uses(e[0]) == e[2]:
-                    entry = e
-                    break
-        if entry is None:
-            buf = torch.empty(self.shape, dtype=self.dtype)
-            rows = buf.unbind(0)
-            entry = [buf, rows, _storage_uses(buf) if _use_count is not None else -1]
-            self.pool.append(entry)
-            if len(self.pool) > self.POOL:
-                self.pool.pop(0)
-        self.current = entry
-        self.rows = entry[1]
-        self.base = entry[0].data_ptr()
-        self.row_bytes = self.shape[1] * self.shape[2] * entry[0].element_size()
-        self.start, self.gen = start, gen
+    ``nk``: the native kernels (:func:`lcsm_compile.codegen.kernels_for`) or None (torch ops).
+    ``u`` may be in any float dtype; it is computed in the state's dtype and ``y`` returned in
+    ``u``'s."""
+    cd = blk_hist.dtype
+    uc = u if u.dtype == cd else u.to(cd)
+    n = uc.shape[-1]
+    if nk is not None:
+        if not uc.is_contiguous():
+            uc = uc.contiguous()
+        key = (blk_hist.data_ptr(), blk_acc.data_ptr(), kb.data_ptr(), c0, n, tuple(blk_hist.shape))
+        params = _RED_PARAMS.get(key)
+        if params is None:
+            if len(_RED_PARAMS) > 4096:
+                _RED_PARAMS.clear()
+            params = _RED_PARAMS[key] = red_cells.red_step_params(blk_hist, blk_acc, kb, c0, n)
+        y = torch.empty(uc.shape, dtype=cd)
+        nk.red_step(params.data_ptr(), uc.data_ptr(), y.data_ptr(), r)
+    else:
+        sl = slice(c0, c0 + n)
+        blk_hist[r, :, sl] = uc
+        y = blk_acc[r, :, sl] + (blk_hist[: r + 1, :, sl] * kb[: r + 1, :, sl].flip(0)).sum(0)
+    return y if y.dtype == u.dtype else y.to(u.dtype)
 
 
 class OnlineConv:
@@ -140,7 +136,7 @@ class OnlineConv:
     def __init__(self, k: torch.Tensor, max_len: int, batch_size: int = 1,
                  dtype: Optional[torch.dtype] = None, block: Optional[int] = None,
                  fft_from: Optional[int] = None, kernels: str = "auto", delay_from: Optional[int] = None,
-                 chunk_flops: Optional[float] = None):
+                 chunk_flops: Optional[float] = None, state: Optional[dict] = None):
         if not isinstance(k, torch.Tensor) or k.dim() != 2:
             raise SessionError(f"filters must be a [C, K] tensor, got {getattr(k, 'shape', type(k))}")
         if k.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
@@ -156,11 +152,8 @@ class OnlineConv:
             raise SessionError(f"kernels must be 'auto' or 'torch' for the engine, got {kernels!r}")
         self._nk, why = (kernels_for(self.cdtype, self.device) if kernels == "auto"
                          else (None, "kernels='torch'"))
-        # fused steps need the input already in the compute dtype (fp32/fp64 models)
-        self._fused_step = self._nk is not None and self.dtype == self.cdtype
-        self.kernel_note = ("native CPU kernels (red cells, block transposes, direct tiles)" if self._fused_step else
-                            "native block transposes and direct tiles; torch red cells (input dtype differs from compute dtype)"
-                            if self._nk is not None else f"torch ops ({why})")
+        self.kernel_note = ("native CPU kernels (red cells, block transposes, direct tiles)" if self._nk is not None
+                            else f"torch ops ({why})")
         C, K = k.shape
         self.channels = C
         kk = _zeros_huge(C, self.max_len, dtype=self.cdtype, device=k.device)
@@ -183,7 +176,8 @@ class OnlineConv:
         self.block = int(block)
         self.fft_from = int(fft_from)
         self.delay_from = int(delay_from)
-        self.chunk_flops = float(chunk_flops) if chunk_flops is not None else float(schedule.CHUNK_FLOPS)
+        # a whole number of FLOPs: the ops pass the schedule as ints (``config``)
+        self.chunk_flops = float(round(chunk_flops if chunk_flops is not None else schedule.CHUNK_FLOPS))
         if not self.chunk_flops > 0:
             raise SessionError(f"chunk_flops must be > 0, got {chunk_flops}")
         self.plan = Plan(block=self.block, fft_from=self.fft_from, delay_from=self.delay_from)
@@ -200,22 +194,39 @@ class OnlineConv:
                 if o * U < self.max_len:
                     self._tile_data[(U, o)] = self._make_level(U, o)
         self._itemsize = kk.element_size()
-        self.hist = _zeros_huge(self.batch_size, C, self.max_len, dtype=self.cdtype, device=self.device)
-        self.acc = _zeros_huge(self.batch_size, C, self.max_len, dtype=self.cdtype, device=self.device)
-        self.blk_hist = torch.zeros(self.block, self.batch_size, C, dtype=self.cdtype, device=self.device)
-        self.blk_acc = torch.zeros_like(self.blk_hist)
+        shapes = {"hist": (self.batch_size, C, self.max_len), "acc": (self.batch_size, C, self.max_len),
+                  "blk_hist": (self.block, self.batch_size, C), "blk_acc": (self.block, self.batch_size, C)}
+        if state is None:
+            self.hist = _zeros_huge(*shapes["hist"], dtype=self.cdtype, device=self.device)
+            self.acc = _zeros_huge(*shapes["acc"], dtype=self.cdtype, device=self.device)
+            self.blk_hist = torch.zeros(shapes["blk_hist"], dtype=self.cdtype, device=self.device)
+            self.blk_acc = torch.zeros_like(self.blk_hist)
+            #: host metadata of the state: position, prefill length, block start, id, native flag
+            self.meta = torch.tensor([0, 0, 0, _new_uid(), int(self._nk is not None)], dtype=torch.int64)
+        else:  # adopt existing state tensors (a program's buffers, an exported program's inputs)
+            for name, shape in shapes.items():
+                t = state[name]
+                if tuple(t.shape) != shape or t.dtype != self.cdtype or t.device != self.device:
+                    raise SessionError(f"state tensor {name} is {tuple(t.shape)} {t.dtype} on {t.device}, "
+                                       f"expected {shape} {self.cdtype} on {self.device}")
+            self.hist, self.acc, self.blk_hist, self.blk_acc = (state[n] for n in ("hist", "acc", "blk_hist", "blk_acc"))
+            self.meta = state["meta"]
         # staging buffer for the block <-> state transposes: a transposing copy straight between
         # [block, B, C] and the strided [B, C, max_len] state costs ~8x more (TLB misses)
         self._stage = torch.empty(self.batch_size, C, self.block, dtype=self.cdtype, device=self.device)
         self.position = 0
         self.prefill_len = 0
         self._blk_start = 0  # first position of the block held in blk_*
-        self._views: dict = {}
-        self._gen = 0  # bumped whenever positions may be computed again (fused outputs renewed)
         self._sched: schedule.Schedule
         self._level_due: list[int] = []  # per delayed level: the next step that does one of its chunks
         self._due = 0  # the first of them
+        self._slices: dict = {}
+        self._kernels = kernels
+        self._meta_np = self.meta.numpy()
         self._set_schedule(0, 0)
+        if state is not None:
+            self.sync()
+        _ENGINES[int(self.meta[3])] = weakref.ref(self)
 
     # ------------------------------------------------------------------ setup
     def _make_level(self, U: int, o: int = 1) -> tuple[str, Optional[torch.Tensor]]:
@@ -295,7 +306,7 @@ class OnlineConv:
         """Make the block starting at ``start`` current: copy its accumulators (time-major).
 
         Inputs of the block already consumed (``start <= s < position``, after a
-        ``load_state_dict``) are pushed into the block's accumulators again.
+        ``load_state_dict``) are copied into the block's inputs again.
         """
         self._blk_start = start
         n = min(self.block, self.max_len - start)
@@ -306,12 +317,9 @@ class OnlineConv:
             else:
                 red_cells.load_block_reference(self.acc, self.blk_acc, self._stage, start, n)
         done = max(0, self.position - start)
-        if done:  # only after load_state_dict / a rollback: inputs of this block already seen
+        if done:  # only after load_state_dict: inputs of this block already seen (steps pull
+            # the red cells from blk_hist; blk_acc holds the tiles' contributions only)
             self.blk_hist[:done] = self.hist[..., start:start + done].permute(2, 0, 1)
-        if self._fused_step:  # fused steps pull from blk_hist; blk_acc holds the tiles' part only
-            return
-        for r in range(done):
-            self.blk_acc[r:].addcmul_(self.blk_hist[r], self._kb[: self.block - r])
 
     def _flush_block(self, upto: int) -> None:
         """Write the current block's inputs ``[blk_start, upto)`` back to ``hist``."""
@@ -346,8 +354,8 @@ class OnlineConv:
         self.position = 0
         self.prefill_len = 0
         self._blk_start = 0
-        self._gen += 1
         self._set_schedule(0, 0)
+        self._publish()
 
     def prefill(self, u: torch.Tensor) -> torch.Tensor:
         """Consume ``P`` prompt positions ``u [B, C, P]`` at position 0; return ``y [B, C, P]``.
@@ -393,59 +401,38 @@ class OnlineConv:
         self.prefill_len = P
         self._set_schedule(P, P)
         self._load_block(P)
+        self._publish()
 
-    def _member_views(self, channels: slice) -> tuple:
-        """What a step of one channel slice needs, cached: the fused kernel's member state, or
-        (torch path) the per-row views of the block buffers. A step passes the same slice object
-        every time, so the cache is keyed by the object (kept alive, so its id stays unique);
-        an equal slice from elsewhere finds the same entry through its indices."""
-        hit = self._views.get(id(channels))
+    def _channels(self, channels: slice) -> tuple[int, int]:
+        """``(c0, n)`` of a contiguous channel slice, cached per slice object."""
+        hit = self._slices.get(id(channels))
         if hit is not None and hit[0] is channels:
             return hit[1]
         key = channels.indices(self.channels)
-        views = self._views.get(key)
-        if views is None:
-            if key[2] != 1:
-                raise SessionError(f"channels must be a contiguous slice (step 1), got {channels}")
-            sl = slice(*key)
-            C = len(range(*key))
-            if self._fused_step:
-                views = (C, (self.batch_size, C), None, None, None, None, _FusedMember(self, key[0], C))
-            else:
-                views = (C, (self.batch_size, C),
-                         [self.blk_hist[r, :, sl] for r in range(self.block)],
-                         [self.blk_acc[r:, :, sl] for r in range(self.block)],
-                         [self._kb[: self.block - r, :, sl] for r in range(self.block)],
-                         [self.blk_acc[r, :, sl] for r in range(self.block)],
-                         None)
-            self._views[key] = views
-        self._views[id(channels)] = (channels, views)
-        return views
+        if key[2] != 1:
+            raise SessionError(f"channels must be a contiguous slice (step 1), got {channels}")
+        val = (key[0], len(range(*key)))
+        self._slices[id(channels)] = (channels, val)
+        return val
 
     def diag(self, u: torch.Tensor, channels: slice = slice(None)) -> torch.Tensor:
         """Output of the current position for ``channels`` given their input ``u [B, C']``.
 
-        Records ``u`` and adds the red cells (the block's pairs so far, the diagonal included):
-        the torch path pushes ``u`` into the rest of the block's accumulators, the native kernel
-        pulls the same sum from the block's inputs. Does not move the position. Call
-        :meth:`advance` once after every member of the group has had its ``diag``.
+        Records ``u`` in the block's inputs and returns a new tensor: the block's accumulator
+        row plus the red cells (the block's pairs so far, the diagonal included), see
+        :func:`red_step`. Does not move the position, and running it again at the same
+        position overwrites what it recorded. Call :meth:`advance` once after every member of
+        the group has had its ``diag``.
         """
         t = self.position
         if t >= self.max_len:
             raise SessionError(f"position {t} is past max_len={self.max_len}")
-        C, shape, hist_rows, acc_tails, k_heads, acc_rows, fused = self._member_views(channels)
-        if not isinstance(u, torch.Tensor) or u.shape != shape or u.dtype != self.dtype or u.device != self.device:
-            self._check_input(u, C, "step")
-            raise SessionError(f"step: input must be [{self.batch_size}, {C}], got {tuple(u.shape)}")
-        r = t - self._blk_start
-        if fused is not None:
-            if not u.is_contiguous():
-                u = u.contiguous()
-            if fused.start != self._blk_start or fused.gen != self._gen:
-                fused.renew(self._blk_start, self._gen)
-            self._nk.red_step(fused.params_ptr, u.data_ptr(), fused.base + r * fused.row_bytes, r)
-            return fused.rows[r].detach()  # a new alias: while it lives, the storage counts it
-        return red_cells.red_step_reference(u, hist_rows[r], acc_tails[r], k_heads[r], acc_rows[r], self.dtype)
+        c0, n = self._channels(channels)
+        if not isinstance(u, torch.Tensor) or u.shape != (self.batch_size, n) or u.dtype != self.dtype \
+                or u.device != self.device:
+            self._check_input(u, n, "step")
+            raise SessionError(f"step: input must be [{self.batch_size}, {n}], got {tuple(u.shape)}")
+        return red_step(u, self.blk_hist, self.blk_acc, self._kb, t - self._blk_start, c0, self._nk)
 
     def advance(self) -> None:
         """Finish the current position: run its tile work (all channels at once: the immediate
@@ -456,6 +443,7 @@ class OnlineConv:
         self.position = t + 1
         boundary = t + 1 - self._blk_start >= self.block or t + 1 >= self.max_len
         if not boundary and t != self._due:
+            self._meta_np[0] = t + 1
             return  # inside a block, no delayed chunk due: nothing but the red cells, already done
         sched = self._sched
         if boundary:
@@ -472,13 +460,52 @@ class OnlineConv:
             self._due = min(due, default=self.max_len)
         if boundary:
             self._load_block(t + 1)
+        self._publish()
 
     def rollback(self) -> None:
         """Undo the ``diag`` calls of the current, unfinished step (after an error half-way
-        through a step of a model): the block's accumulators are rebuilt exactly as they were."""
-        self._flush_block(self.position)
-        self._load_block(self._blk_start)
-        self._gen += 1
+        through a step of a model): nothing to do, ``diag`` only records its input in the
+        block's row of the current position, which the next ``diag`` there overwrites."""
+
+    # ------------------------------------------------------------------ the state as tensors
+    def _publish(self) -> None:
+        """Write the position, prefill length and block start to ``meta``."""
+        m = self._meta_np
+        m[0], m[1], m[2] = self.position, self.prefill_len, self._blk_start
+
+    def sync(self) -> None:
+        """Take the position from ``meta`` when it was changed outside this object (the state
+        tensors copied or loaded as tensors): the schedule is a function of the position."""
+        position, prefill_len, blk_start = (int(v) for v in self._meta_np[:3])
+        if (position, prefill_len, blk_start) == (self.position, self.prefill_len, self._blk_start):
+            return
+        if not 0 <= prefill_len <= position <= self.max_len:
+            raise SessionError(f"state has position {position}, prefill {prefill_len}: not valid for "
+                               f"max_len={self.max_len}")
+        self.position, self.prefill_len, self._blk_start = position, prefill_len, blk_start
+        self._set_schedule(prefill_len, position)
+
+    def bind(self, hist: torch.Tensor, acc: torch.Tensor, blk_hist: torch.Tensor, blk_acc: torch.Tensor,
+             meta: torch.Tensor) -> None:
+        """Run on these state tensors from now on (the ones an op was called with: a compiled
+        program may pass other tensor objects of the same state), then :meth:`sync`."""
+        if hist is not self.hist or acc is not self.acc or blk_hist is not self.blk_hist \
+                or blk_acc is not self.blk_acc or meta is not self.meta:
+            self.hist, self.acc, self.blk_hist, self.blk_acc, self.meta = hist, acc, blk_hist, blk_acc, meta
+            self._meta_np = meta.numpy()
+        self.sync()
+
+    def state_tensors(self) -> dict:
+        """The state as tensors (not copies): ``hist``, ``acc``, ``blk_hist``, ``blk_acc`` and
+        ``meta`` (int64 on the CPU: position, prefill length, block start, id, native flag)."""
+        return {"hist": self.hist, "acc": self.acc, "blk_hist": self.blk_hist, "blk_acc": self.blk_acc,
+                "meta": self.meta}
+
+    @property
+    def config(self) -> list:
+        """The schedule as the ints the ``lcsm::online_*`` ops take: block, fft_from,
+        delay_from, chunk_flops (rounded), kernels (0 auto, 1 torch)."""
+        return [self.block, self.fft_from, self.delay_from, int(self.chunk_flops), int(self._kernels == "torch")]
 
     def step(self, u: torch.Tensor) -> torch.Tensor:
         """Consume one position ``u [B, C]`` for all channels; return ``y [B, C]``."""
@@ -518,10 +545,10 @@ class OnlineConv:
         self.hist.copy_(state["hist"])
         self.acc.copy_(state["acc"])
         self.position, self.prefill_len = position, prefill_len
-        self._gen += 1
         self._set_schedule(prefill_len, position)
         self._load_block(schedule.block_start(position, prefill_len, self.block) if position < self.max_len
                          else position)
+        self._publish()
 
     def flops_per_step(self, length: Optional[int] = None) -> float:
         """Average FLOPs per step of ``length`` steps from position 0 (default ``max_len``)."""

@@ -1,17 +1,29 @@
-"""The streaming program: a plan instantiated with state (engines, ring buffers).
+"""The streaming program: a plan instantiated with state.
 
 :func:`instantiate` turns a :class:`~lcsm_compile.pipeline.ProgramPlan` into a
-:class:`StreamProgram`: one engine per cross-layer group (the online engine, or a baseline of
-:mod:`.baselines` for benchmarks), one member per ``lcsm`` op, and the plan's prefill and step
-programs with their slots bound to the members. A step runs the step program (diagonal terms
-layer by layer), then one ``advance()`` per group (all tiles of the step in one batched call
-per group). State changes of a step that fails half-way are rolled back, so the program stays
-usable.
+:class:`StreamProgram`: one engine per cross-layer group and the plan's prefill and step
+programs lowered to the stateful ``lcsm::`` ops (:func:`lcsm_compile.passes.step_graph.lower_slots`)
+on the state as tensors, buffers of the programs' modules:
+
+* the online engine (default): the step program is ONE FX graph ``step(x_t, pos)``: the red
+  cells of each long convolution (``lcsm::online_diag``) layer by layer, the short
+  convolutions as position-indexed ring buffers (``lcsm::ring_step``), and at the end one
+  ``lcsm::online_advance`` per group (all tiles of the step in one batched call per group).
+  ``torch.compile(program.step_gm, fullgraph=True)`` compiles it whole and ``torch.export``
+  exports it with the ops as nodes. Before the advances nothing changes any position: a step
+  that fails half-way is retried at the same position, nothing to roll back.
+* a baseline engine (``engine="lazy" | "eager" | "none"``, for benchmarks and tests): the
+  long convolutions stay Python calls of :class:`~lcsm_compile.runtime.members.LongMember`
+  (slots), advanced after the graph; the short convolutions are the same ring-buffer ops.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
+import logging
+import math
+import time
 from typing import Any, Callable, Dict, List, Optional
 
 import torch
@@ -19,16 +31,32 @@ import torch.fx as fx
 
 from ..errors import SessionError
 from ..passes.common import SHORT_CONV
-from ..passes.step_graph import bind_slots
+from ..passes.step_graph import LongSlot, ShortSlot, bind_slots, lower_slots, state_attr
+from . import state_ops as _state_ops  # noqa: F401 - registers the implementations of the lcsm ops
 from .baselines import EagerConv, LazyConv, NullConv
 from .engine import OnlineConv
-from .members import LongMember, ShortMember
+from .members import LongMember
 
-__all__ = ["StreamProgram", "instantiate", "ENGINES"]
+__all__ = ["StreamProgram", "instantiate", "ENGINES", "Ring", "CompiledStep"]
+
+log = logging.getLogger("lcsm_compile")
 
 #: engines a program can use for its long convolutions (``engine=`` option); each implements
 #: :class:`lcsm_compile.runtime.baselines.Engine`
 ENGINES = {"online": OnlineConv, "lazy": LazyConv, "eager": EagerConv, "none": NullConv}
+
+
+@dataclasses.dataclass
+class Ring:
+    """A short convolution's state: ``buf [B, C, K]`` (slot ``t % K`` = input of position
+    ``t``), its weights ``w [C, K]`` and ``bias [C]`` (or None)."""
+
+    buf: torch.Tensor
+    w: torch.Tensor
+    bias: Optional[torch.Tensor]
+
+    def reset(self) -> None:
+        self.buf.zero_()
 
 
 @dataclasses.dataclass
@@ -37,8 +65,8 @@ class StreamProgram:
 
     plan: Any
     engines: List[Any]
-    longs: Dict[str, LongMember]
-    shorts: Dict[str, ShortMember]
+    longs: Dict[str, Any]
+    shorts: Dict[str, Ring]
     prefill_gm: fx.GraphModule
     step_gm: fx.GraphModule
     engine_kind: str
@@ -58,6 +86,12 @@ class StreamProgram:
     def batch_size(self) -> int:
         return self.plan.batch_size
 
+    @property
+    def _python_engines(self) -> List[Any]:
+        """Engines driven from Python around the graphs (the baselines); the online engines
+        run inside the graphs as ops."""
+        return [] if self.engine_kind == "online" else self.engines
+
     def reset(self) -> None:
         for e in self.engines:
             e.reset()
@@ -72,13 +106,11 @@ class StreamProgram:
             return self._prefill_then_steps(x)
         try:
             outs = gm(x)
+            for e in self._python_engines:
+                e.finish_prefill(P)
         except BaseException:
             self.reset()
             raise
-        for e in self.engines:
-            e.finish_prefill(x.shape[1])
-        for s in self.shorts.values():
-            s.commit()
         return list(outs)
 
     def _prefill_then_steps(self, x: torch.Tensor) -> List[torch.Tensor]:
@@ -97,19 +129,24 @@ class StreamProgram:
         return [torch.cat([o[i] for o in outs], 1) for i in range(len(outs[0]))]
 
     def step(self, x_t: torch.Tensor, pos: torch.Tensor) -> List[torch.Tensor]:
-        """Run one position; on any error, the state is rolled back to before the call."""
+        """Run one position. On an error in the model's computation nothing has moved (the
+        advances come last; the red cells and ring slots of a position are rewritten when it
+        is run again); an error inside the tile work itself resets the program."""
         try:
             outs = self.step_fn(x_t, pos)
         except BaseException:
-            for e in self.engines:
+            for e in self._python_engines:
                 e.rollback()
-            for s in self.shorts.values():
-                s.rollback()
+            moved = [e for e in self.engines if isinstance(e, OnlineConv) and e.position != int(pos)]
+            if moved:
+                self.reset()
+                err = SessionError(f"a step failed inside the tile work of position {int(pos)}; the state "
+                                   f"was reset to position 0 (prefill again)")
+                err.state_reset = True
+                raise err from None
             raise
-        for e in self.engines:
+        for e in self._python_engines:
             e.advance()
-        for s in self.shorts.values():
-            s.commit()
         return list(outs)
 
     def state_dict(self) -> dict:
@@ -119,16 +156,19 @@ class StreamProgram:
     def load_state_dict(self, state: dict) -> None:
         if len(state["engines"]) != len(self.engines) or set(state["shorts"]) != set(self.shorts):
             raise SessionError("state does not belong to this model (different convolutions)")
+        for k, s in self.shorts.items():
+            if tuple(state["shorts"][k].shape) != tuple(s.buf.shape):
+                raise SessionError(f"state of short convolution {k} has shape {tuple(state['shorts'][k].shape)}, "
+                                   f"expected {tuple(s.buf.shape)}")
         for e, s in zip(self.engines, state["engines"]):
             e.load_state_dict(s)
         for k, s in self.shorts.items():
             s.buf.copy_(state["shorts"][k])
-            s._pending = None
 
 
 def instantiate(plan, engine: str = "online", compile_step: bool = False,
                 engine_options: Optional[dict] = None, kernels: str = "auto") -> StreamProgram:
-    """State for ``plan`` and its programs bound to it (module doc).
+    """State for ``plan`` and its programs lowered to the stateful ops on it (module doc).
 
     ``kernels`` ("auto" | "torch") picks the online engine's per-step kernels: the native CPU
     kernels of :mod:`lcsm_compile.codegen` where they build, or their torch twins.
@@ -136,18 +176,33 @@ def instantiate(plan, engine: str = "online", compile_step: bool = False,
     if engine not in ENGINES:
         raise SessionError(f"engine={engine!r} is not one of {sorted(ENGINES)}")
     cls = ENGINES[engine]
+    online = cls is OnlineConv
     gm, folded, shapes = plan.lowered.gm, plan.folded, plan.shapes
-    engines, longs, shorts = [], {}, {}
-    for group in plan.groups.groups:
+    engines: List[Any] = []
+    members: Dict[str, Any] = {}
+    long_slots: Dict[str, LongSlot] = {}
+    tensors: Dict[str, Any] = {}
+    configs: List[List[int]] = []
+    for gi, group in enumerate(plan.groups.groups):
         ks = [folded.filters[m] for m in group.members]
         k = torch.cat([kk.reshape(-1, kk.shape[-1]) for kk in ks], 0)
-        extra = {"kernels": kernels} if cls is OnlineConv else {}
+        extra = {"kernels": kernels} if online else {}
         eng = cls(k, max_len=plan.max_len, batch_size=group.batch, dtype=group.dtype, **extra,
                   **(engine_options or {}))
         engines.append(eng)
+        if online:
+            configs.append(eng.config)
+            for f, t in {**eng.state_tensors(), "k": eng.k, "kb": eng._kb}.items():
+                tensors[state_attr(f"g{gi}", f)] = t
         for m in group.members:
             lead, C, dtype, device = shapes[m]
-            longs[m] = LongMember(m, eng, group.slices[m], lead, C)
+            sl = group.slices[m]
+            if online:
+                long_slots[m] = LongSlot(gi, sl.indices(eng.channels)[0], C, math.prod(lead) if lead else 1)
+            else:
+                members[m] = LongMember(m, eng, sl, lead, C)
+    short_slots: Dict[str, ShortSlot] = {}
+    shorts: Dict[str, Ring] = {}
     by_name = {n.name: n for n in gm.graph.nodes}
     for name, (lead, C, dtype, device) in shapes.items():
         n = by_name[name]
@@ -160,32 +215,96 @@ def instantiate(plan, engine: str = "online", compile_step: bool = False,
             w = _eval_attr(gm, n.args[1])
         if isinstance(b_arg, fx.Node) and b is None:
             b = _eval_attr(gm, b_arg)
-        shorts[name] = ShortMember(name, w, b, lead, C, dtype, device)
-    members = {**longs, **shorts}
-    prefill_gm = bind_slots(plan.prefill_gm, members)
-    step_gm = bind_slots(plan.step_gm, members)
-    step_fn = _compile(step_gm) if compile_step else step_gm
-    short = [(hi, bind_slots(g, members)) for hi, g in sorted(plan.short_prefills)]
-    return StreamProgram(plan, engines, longs, shorts, prefill_gm, step_gm, engine, step_fn, short)
+        batch = math.prod(lead) if lead else 1
+        w = w.detach().to(device=device, dtype=dtype).reshape(C, -1).contiguous()
+        b = None if b is None else b.detach().to(device=device, dtype=dtype).reshape(C).contiguous()
+        ring = Ring(torch.zeros(batch, C, w.shape[-1], dtype=dtype, device=device), w, b)
+        shorts[name] = ring
+        short_slots[name] = ShortSlot(batch, C, b is not None)
+        tensors[state_attr(name, "buf")] = ring.buf
+        tensors[state_attr(name, "w")] = w
+        if b is not None:
+            tensors[state_attr(name, "bias")] = b
+
+    def program(slot_gm: fx.GraphModule, mode: str) -> fx.GraphModule:
+        graph = lower_slots(slot_gm, mode, long_slots, short_slots, configs)
+        root = {}
+        for node in graph.nodes:
+            if node.op == "get_attr":
+                root[node.target] = tensors[node.target] if node.target in tensors else _resolve(slot_gm, node.target)
+        out = fx.GraphModule(root, graph, class_name=f"Lcsm{mode.capitalize()}Program")
+        return bind_slots(out, members) if members else out
+
+    prefill_gm = program(plan.prefill_gm, "prefill")
+    step_gm = program(plan.step_gm, "step")
+    step_fn = CompiledStep(step_gm, online, engines) if compile_step else step_gm
+    short = [(hi, program(g, "prefill")) for hi, g in sorted(plan.short_prefills)]
+    return StreamProgram(plan, engines, long_slots if online else members, shorts, prefill_gm, step_gm, engine,
+                         step_fn, short)
+
+
+def _resolve(gm: fx.GraphModule, target: str) -> Any:
+    obj = gm
+    for p in target.split("."):
+        obj = getattr(obj, p)
+    return obj
 
 
 def _eval_attr(gm: fx.GraphModule, node: fx.Node) -> torch.Tensor:
     if node.op != "get_attr":
         raise SessionError(f"short-conv weight {node.name} is not a constant")
-    obj = gm
-    for p in node.target.split("."):
-        obj = getattr(obj, p)
-    return obj
+    return _resolve(gm, node.target)
 
 
-def _compile(step_gm: fx.GraphModule) -> Callable:
-    """Compile the step program with Inductor (CPU C++/OpenMP kernels for the position-wise
-    work). The stateful members stay opaque Python calls (``torch._dynamo.disable``): the graph
-    is compiled as the segments between them."""
+class CompiledStep:
+    """The step program compiled with Inductor (:func:`_compile`), compiled on its first call.
+
+    The first call's time (compile + one step) is kept in ``setup_s`` and logged. If that call
+    fails and no position moved, the same position runs on the uncompiled graph: when that
+    works, the compiler was at fault, and the program keeps running the graph (``failed`` says
+    why, logged as a warning); when it fails too, the input was, and its error is raised.
+    """
+
+    def __init__(self, gm: fx.GraphModule, whole: bool, engines: List[Any]):
+        self.gm, self.whole, self.engines = gm, whole, engines
+        self.fn = _compile(gm, whole)
+        self.setup_s: Optional[float] = None
+        self.failed: Optional[str] = None
+
+    def __call__(self, x_t: torch.Tensor, pos: torch.Tensor):
+        if self.setup_s is not None:
+            return self.fn(x_t, pos)
+        if self.failed is not None:
+            return self.gm(x_t, pos)
+        t0 = time.perf_counter()
+        log.info("lcsm: compiling the step program with Inductor (once per model and shapes; Inductor's "
+                 "cache keeps it across processes)")
+        try:
+            out = self.fn(x_t, pos)
+        except Exception as e:  # the compiler, or the input?
+            if any(isinstance(g, OnlineConv) and g.position != int(pos) for g in self.engines):
+                raise
+            out = self.gm(x_t, pos)  # raises the input's own error
+            self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+            log.warning("lcsm: compiling the step program failed (%s); running it uncompiled", self.failed)
+            return out
+        self.setup_s = time.perf_counter() - t0
+        log.info("lcsm: step program compiled in %.1f s", self.setup_s)
+        return out
+
+
+def _compile(step_gm: fx.GraphModule, whole: bool) -> Callable:
+    """Compile the step program with Inductor (CPU C++ kernels for the position-wise work, the
+    ``lcsm`` ops extern calls). With the online engine the program is one graph
+    (``fullgraph=True``); with a baseline engine its Python members stay opaque calls
+    (``torch._dynamo.disable``) and the graph is compiled as the segments between them."""
     import torch._dynamo
 
-    for n in step_gm.graph.nodes:
-        if n.op == "call_function" and isinstance(getattr(n.target, "__self__", None), (LongMember, ShortMember)):
-            n.target = torch._dynamo.disable(n.target)
-    step_gm.recompile()
-    return torch.compile(step_gm, backend="inductor", dynamic=False, options={"cpp.threads": 1})
+    if not whole:
+        step_gm = fx.GraphModule(step_gm, copy.deepcopy(step_gm.graph))
+        for n in step_gm.graph.nodes:
+            if n.op == "call_function" and isinstance(getattr(n.target, "__self__", None), LongMember):
+                n.target = torch._dynamo.disable(n.target)
+        step_gm.recompile()
+    return torch.compile(step_gm, backend="inductor", dynamic=False, fullgraph=whole,
+                         options={"cpp.threads": 1})

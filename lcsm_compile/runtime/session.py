@@ -112,8 +112,13 @@ class Session:
                                "x[:, :0] is fine)")
         self._check(x_t, "step", 1)
         self._pos.fill_(self.position)
-        with torch.no_grad(), intra_op_threads(self.threads):
-            outs = self.program.step(x_t.contiguous(), self._pos)
+        try:
+            with torch.no_grad(), intra_op_threads(self.threads):
+                outs = self.program.step(x_t.contiguous(), self._pos)
+        except SessionError as e:
+            if getattr(e, "state_reset", False):  # the program was reset (an error in its tile work)
+                self.position, self._started = 0, False
+            raise
         self.position += 1
         return self._out_spec.unflatten(outs)
 

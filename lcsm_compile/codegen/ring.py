@@ -1,0 +1,63 @@
+"""The short convolution's ring-buffer step: ``lcsm::ring_step``'s kernel and its torch twin.
+
+A causal depthwise convolution with a short kernel ``w [C, K]`` keeps its last ``K`` inputs in a
+ring buffer ``buf [B, C, K]`` indexed by position: slot ``t % K`` holds the input of position
+``t``. The step at position ``t`` writes ``u`` to slot ``t % K`` and returns
+
+    y[b, c] = bias[c] + sum_{i < K} w[c, i] * x[b, c, t - K + 1 + i],   x[.., p] = buf[.., p % K]
+
+(slots of positions not seen yet hold zeros after a reset). Running the step again at the same
+position (a retried step) rewrites the same slot: nothing to roll back.
+
+* :func:`ring_step_reference` (torch twin): the same sum with torch ops (``roll`` of the window);
+* ``lcsm_ring_step`` (native C, :data:`SOURCE`): one pass over the rows, one call per step.
+  The same products summed in the same order (``i = 0 .. K-1``); a fused multiply-add may round
+  once instead of twice.
+
+Layouts: ``buf`` ``[B, C, K]``, ``w`` ``[C, K]``, ``bias`` ``[C]``, ``u``/``y`` ``[B, C]``, all
+C-contiguous, one dtype (fp32 or fp64).
+"""
+
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+
+__all__ = ["SOURCE", "ring_step_reference"]
+
+SOURCE = r"""
+#define DEFINE_RING(T, S)                                                                     \
+void lcsm_ring_step_##S(T* restrict buf, const T* restrict w, const T* restrict bias,         \
+                        const T* restrict u, T* restrict y, int64_t B, int64_t C, int64_t K,  \
+                        int64_t t) {                                                          \
+  const int64_t slot = t % K, first = (t + 1) % K;  /* window i at slot (first + i) % K */     \
+  for (int64_t b = 0; b < B; ++b)                                                             \
+    for (int64_t c = 0; c < C; ++c) {                                                         \
+      T* restrict row = buf + (b * C + c) * K;                                                \
+      const T* restrict wc = w + c * K;                                                       \
+      row[slot] = u[b * C + c];                                                               \
+      T s = 0;                                                                                \
+      int64_t j = first;                                                                      \
+      for (int64_t i = 0; i < K; ++i) {                                                       \
+        s += row[j] * wc[i];                                                                  \
+        j = j + 1 == K ? 0 : j + 1;                                                           \
+      }                                                                                       \
+      y[b * C + c] = bias ? s + bias[c] : s;                                                  \
+    }                                                                                         \
+}
+DEFINE_RING(float, f32)
+DEFINE_RING(double, f64)
+"""
+
+
+def ring_step_reference(u: torch.Tensor, buf: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor],
+                        t: int) -> torch.Tensor:
+    """Torch twin of ``lcsm_ring_step`` at position ``t`` (module doc); ``y`` in ``u``'s dtype."""
+    K = buf.shape[-1]
+    buf[..., t % K] = u
+    window = buf.roll(-((t + 1) % K), -1) if (t + 1) % K else buf  # window[i] = input of t - K + 1 + i
+    y = (window * w).sum(-1)
+    if bias is not None:
+        y = y + bias
+    return y if y.dtype == u.dtype else y.to(u.dtype)

@@ -1,0 +1,130 @@
+"""Implementations of the stateful ``lcsm::`` ops (schemas in :mod:`lcsm_compile.ops`).
+
+Every op is a function of its tensor arguments: the state is the tensors a program passes (its
+buffers). The online-convolution ops find the :class:`~lcsm_compile.runtime.engine.OnlineConv`
+that owns that state through the id in ``meta`` (the engine holds what is derived from the
+filters and the schedule: tile spectra, the schedule's tables, the native kernels), bind it to
+the tensors they were called with (a compiled program may pass other tensor objects of the
+same state) and take the position from ``meta``; where no live engine owns the state (an
+exported program run in a new process), one is built around the tensors from ``k`` and
+``config``. The red cells of a step (``online_diag``) need no engine at all.
+
+Importing this module registers the implementations (``lcsm_compile`` imports it).
+"""
+
+from __future__ import annotations
+
+from typing import List, Optional
+
+import torch
+
+from ..codegen import kernels_for
+from ..codegen.ring import ring_step_reference
+from ..errors import SessionError
+from ..ops import causal_short_conv, register_stateful_impl
+from . import engine as _engine
+from .engine import OnlineConv, red_step
+
+__all__ = ["engine_for"]
+
+_NATIVE: dict = {}
+
+
+def _native(dtype: torch.dtype, device: torch.device):
+    key = (dtype, device.type)
+    if key not in _NATIVE:
+        _NATIVE[key] = kernels_for(dtype, device)[0]
+    return _NATIVE[key]
+
+
+def engine_for(hist: torch.Tensor, acc: torch.Tensor, blk_hist: torch.Tensor, blk_acc: torch.Tensor,
+               meta: torch.Tensor, k: torch.Tensor, config: List[int]) -> OnlineConv:
+    """The engine of this state, bound to these tensors (module doc)."""
+    uid = int(meta[3])
+    ref = _engine._ENGINES.get(uid)
+    eng = ref() if ref is not None else None
+    if eng is None:
+        eng = _engine._ADOPTED.get(uid)
+        if eng is None:
+            block, fft_from, delay_from, chunk_flops, torch_kernels = (int(v) for v in config)
+            state = {"hist": hist, "acc": acc, "blk_hist": blk_hist, "blk_acc": blk_acc, "meta": meta}
+            eng = OnlineConv(k, max_len=hist.shape[-1], batch_size=hist.shape[0], dtype=hist.dtype,
+                             block=block, fft_from=fft_from, delay_from=delay_from, chunk_flops=chunk_flops,
+                             kernels="torch" if torch_kernels else "auto", state=state)
+            _engine._ADOPTED[uid] = eng
+            while len(_engine._ADOPTED) > _engine._MAX_ADOPTED:
+                _engine._ADOPTED.popitem(last=False)
+        else:
+            _engine._ADOPTED.move_to_end(uid)
+    eng.bind(hist, acc, blk_hist, blk_acc, meta)
+    return eng
+
+
+def _online_diag(u, blk_hist, blk_acc, kb, meta, c0):
+    m = meta.numpy()
+    position, blk_start, native = int(m[0]), int(m[2]), int(m[4])
+    r = position - blk_start
+    if not 0 <= r < blk_hist.shape[0]:
+        raise SessionError(f"online_diag: position {position} is outside the current block (start {blk_start}); "
+                           f"the state is not consistent")
+    nk = _native(blk_hist.dtype, blk_hist.device) if native else None
+    return red_step(u, blk_hist, blk_acc, kb, r, c0, nk)
+
+
+def _online_advance(hist, acc, blk_hist, blk_acc, meta, k, config):
+    engine_for(hist, acc, blk_hist, blk_acc, meta, k, config).advance()
+
+
+def _online_prefill(u, hist, acc, meta, k, c0):
+    m = meta.numpy()
+    if int(m[0]) != 0:
+        raise SessionError(f"prefill must start at position 0 (the state is at {int(m[0])}); reset first")
+    n, P = u.shape[-2], u.shape[-1]
+    L = hist.shape[-1]
+    if P > L:
+        raise SessionError(f"prefill of {P} positions is past max_len={L}")
+    if P == 0:
+        return u.clone()
+    cd = hist.dtype
+    uc = u.to(cd)
+    sl = slice(c0, c0 + n)
+    size = 1 << (P + L - 2).bit_length()  # >= P + L - 1: no aliasing below max_len
+    y = torch.fft.irfft(torch.fft.rfft(uc, n=size) * torch.fft.rfft(k[sl], n=size), n=size)[..., :L]
+    hist[:, sl, :P] = uc
+    acc[:, sl, P:] += y[..., P:]
+    return y[..., :P].to(u.dtype)
+
+
+def _online_finish_prefill(hist, acc, blk_hist, blk_acc, meta, k, config, length):
+    engine_for(hist, acc, blk_hist, blk_acc, meta, k, config).finish_prefill(int(length))
+
+
+def _ring_step(u, buf, w, bias: Optional[torch.Tensor], pos):
+    t = int(pos.reshape(-1)[0])
+    nk = _native(buf.dtype, buf.device) if u.dtype == buf.dtype == w.dtype else None
+    if nk is not None and buf.is_contiguous() and w.is_contiguous() and (bias is None or bias.is_contiguous()):
+        uc = u if u.is_contiguous() else u.contiguous()
+        y = torch.empty(uc.shape, dtype=uc.dtype)
+        B, C, K = buf.shape
+        nk.ring_step(buf.data_ptr(), w.data_ptr(), None if bias is None else bias.data_ptr(), uc.data_ptr(),
+                     y.data_ptr(), B, C, K, t)
+        return y
+    return ring_step_reference(u, buf, w, bias, t)
+
+
+def _ring_prefill(u, buf, w, bias: Optional[torch.Tensor]):
+    P = u.shape[-1]
+    K = buf.shape[-1]
+    if P == 0:
+        return u.clone()
+    y = causal_short_conv(u, w.to(u.dtype), None if bias is None else bias.to(u.dtype))
+    lo = max(0, P - K)
+    for p in range(lo, P):
+        buf[..., p % K] = u[..., p]
+    return y
+
+
+for _name, _fn in (("online_diag", _online_diag), ("online_advance", _online_advance),
+                   ("online_prefill", _online_prefill), ("online_finish_prefill", _online_finish_prefill),
+                   ("ring_step", _ring_step), ("ring_prefill", _ring_prefill)):
+    register_stateful_impl(_name, _fn)
