@@ -261,6 +261,21 @@ def generate(model_or_compiled: Any, ids: torch.Tensor, max_new_tokens: int, do_
                            "empty prefill)")
     max_len = options.pop("max_len", None) or (P + N)
     sess = session(model_or_compiled, ids, max_len=max_len, **options)
+    return generate_on(sess, ids, N, do_sample, temperature, top_k, top_p, eos_token_id, generator, progress)
+
+
+def generate_on(sess: Session, ids: torch.Tensor, max_new_tokens: int, do_sample: bool = False,
+                temperature: float = 1.0, top_k: Optional[int] = None, top_p: Optional[float] = None,
+                eos_token_id: Optional[int] = None, generator: Optional[torch.Generator] = None,
+                progress: Optional[bool] = None) -> torch.LongTensor:
+    """:func:`generate` on a fresh session ``sess`` (a live one, or an artifact's: it is
+    prefilled with ``ids [B, P]``, ``P >= 1``); same arguments and result."""
+    B, P = ids.shape
+    N = int(max_new_tokens)
+    if N <= 0:
+        return ids.clone()
+    if P < 1:
+        raise SessionError("generate needs a prompt of at least one token")
     out = torch.empty(B, P + N, dtype=torch.long, device=ids.device)
     out[:, :P] = ids
     finished = torch.zeros(B, dtype=torch.bool, device=ids.device)

@@ -93,7 +93,7 @@ def load_target(spec: str) -> Tuple[Any, torch.Tensor]:
     :class:`CliError` with one line for anything wrong. ``FILE.lcsm`` goes to
     :func:`load_artifact`."""
     if spec.endswith(".lcsm"):
-        return load_artifact(spec)
+        raise CliError(f"{spec}: an artifact is not a model factory here (lcsm explain/inspect take it)")
     mod_name, sep, fn_name = spec.rpartition(":")
     if not sep or not mod_name or not fn_name:
         raise CliError(f"expected MODULE:FACTORY (e.g. mypkg.models:make_model) or FILE.lcsm, got {spec!r}")
@@ -122,9 +122,16 @@ def load_target(spec: str) -> Tuple[Any, torch.Tensor]:
     return model, example
 
 
-def load_artifact(path: str) -> Tuple[Any, torch.Tensor]:
-    """A ``.lcsm`` artifact as a target (not in this version: a clear one-line error)."""
-    raise CliError(f"{path}: artifact loading is not available yet (pass MODULE:FACTORY instead)")
+def load_artifact(path: str) -> Any:
+    """A ``.lcsm`` artifact (:func:`lcsm_compile.load`); :class:`CliError` with one line when the
+    file is missing or not a readable artifact."""
+    from .artifact import load
+    from .errors import LcsmError
+
+    try:
+        return load(path)
+    except LcsmError as e:
+        raise CliError(_one_line(e)) from None
 
 
 def _import(mod_name: str):
@@ -176,6 +183,9 @@ def _explain(args: argparse.Namespace) -> int:
     """Print what the compiler finds in a model (the demo model without a target)."""
     from .api import explain
 
+    if args.target is not None and args.target.endswith(".lcsm"):
+        print(load_artifact(args.target).explain())
+        return 0
     if args.target is None:
         from .models import HyenaLM
 
@@ -195,6 +205,8 @@ def _inspect(args: argparse.Namespace) -> int:
     from .errors import LcsmError
     from .inspection import inspect_report, mixer_kinds, tiling_args
 
+    if args.target.endswith(".lcsm"):
+        return _inspect_artifact(args)
     model, example = load_target(args.target)
     if args.max_len is not None and args.max_len < 1:
         raise CliError(f"--max-len must be >= 1, got {args.max_len}")
@@ -235,6 +247,54 @@ def _inspect(args: argparse.Namespace) -> int:
             print(f"--tiling: wrote {args.tiling} (group {args.group}: " +
                   ", ".join(f"{k}={v}" for k, v in targs.items()) + ")")
     return status
+
+
+def _inspect_artifact(args: argparse.Namespace) -> int:
+    """``lcsm inspect FILE.lcsm``: what the artifact holds, its programs as code, pictures."""
+    art = load_artifact(args.target)
+    print(art.explain())
+    B = art.batch_sizes[0]
+    entry = art.doc["programs"][str(B)]
+    for name in sorted(entry["programs"]):
+        gm = art._program(B, name)
+        print(f"\n== {name} program (batch {B}, {entry['programs'][name]['file']}) ==")
+        print(gm.code.strip())
+    if args.dot:
+        from .visualize import write_dot
+
+        gm = art._program(B, "step" if args.dot_graph == "step" else "prefill")
+        print(f"--dot: {write_dot(gm, args.dot, title=f'{args.target}: {args.dot_graph} program')}")
+    if args.tiling:
+        from .visualize import tiling_figure
+
+        groups = entry["groups"]
+        if not 0 <= args.group < len(groups):
+            raise CliError(f"--group {args.group}: the artifact has {len(groups)} group(s)")
+        block, fft_from, delay_from = groups[args.group][:3]
+        L = min(art.max_len, args.max_len or art.max_len, 512)
+        tiling_figure(max_len=L, prefill=0, block=block, delay_from=delay_from, fft_from=fft_from, path=args.tiling)
+        print(f"--tiling: wrote {args.tiling} (group {args.group}, first {L} positions)")
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    """``lcsm export MODULE:FACTORY -o FILE``."""
+    from .artifact import export
+    from .errors import LcsmError
+
+    model, example = load_target(args.target)
+    try:
+        sizes = [int(b) for b in args.batch_sizes.split(",")] if args.batch_sizes else None
+    except ValueError:
+        raise CliError(f"--batch-sizes must be comma-separated ints, got {args.batch_sizes!r}") from None
+    if args.max_len < 1:
+        raise CliError(f"--max-len must be >= 1, got {args.max_len}")
+    try:
+        export(model, example, max_len=args.max_len, path=args.output, batch_sizes=sizes, progress=True)
+    except LcsmError as e:
+        raise CliError(f"{args.target}: {type(e).__name__}: {_one_line(e)}", status=1) from None
+    print(f"wrote {args.output} ({os.path.getsize(args.output) / 1e6:.1f} MB)")
+    return 0
 
 
 def _demo_mixer(args: argparse.Namespace) -> int:
@@ -318,8 +378,9 @@ def main(argv: list[str] | None = None) -> int:
     e = sub.add_parser("explain", help="what the compiler finds in a model (default: the demo model)",
                        description="Print what the compiler finds in a model: long and short convolutions "
                                    "with their source lines, cross-layer groups, refusals.")
-    e.add_argument("target", nargs="?", metavar="MODULE:FACTORY",
-                   help="FACTORY() in MODULE returns (model, example_input); default: the demo Hyena LM")
+    e.add_argument("target", nargs="?", metavar="MODULE:FACTORY|FILE.lcsm",
+                   help="FACTORY() in MODULE returns (model, example_input), or an exported artifact; "
+                        "default: the demo Hyena LM")
     e.add_argument("--max-len", type=int, default=None, help="the longest length to plan for")
     e.add_argument("--layers", type=int, default=2, help="demo model: layers")
     e.add_argument("--d-model", type=int, default=64, help="demo model: width")
@@ -329,7 +390,7 @@ def main(argv: list[str] | None = None) -> int:
                                    "step programs as code, the cross-layer groups, each group's schedule "
                                    "parameters and kernels. --dot and --tiling draw pictures.")
     i.add_argument("target", metavar="TARGET",
-                   help="MODULE:FACTORY (FACTORY() returns (model, example_input)) or FILE.lcsm (not yet)")
+                   help="MODULE:FACTORY (FACTORY() returns (model, example_input)) or FILE.lcsm (an exported artifact)")
     i.add_argument("--max-len", type=int, default=None,
                    help="the session's max_len (default: max(256, 2 x the example's length))")
     i.add_argument("--dot", metavar="OUT", default=None,
@@ -346,6 +407,15 @@ def main(argv: list[str] | None = None) -> int:
                    help="engine option: tiles of this size and larger are delayed (power of two >= block)")
     i.add_argument("--fft-from", type=int, default=None, help="engine option: smallest FFT tile (power of two)")
     i.set_defaults(func=_inspect)
+    x = sub.add_parser("export", help="write a model's streaming programs as one .lcsm file",
+                       description="Export the prefill and step programs (torch.export, lcsm ops as nodes), "
+                                   "the constants (safetensors) and the plan to one file that "
+                                   "lcsm_compile.load() reads without the model's code.")
+    x.add_argument("target", metavar="MODULE:FACTORY", help="FACTORY() in MODULE returns (model, example_input)")
+    x.add_argument("-o", "--output", required=True, help="the .lcsm file to write")
+    x.add_argument("--max-len", type=int, default=8192, help="positions a loaded session can hold (default 8192)")
+    x.add_argument("--batch-sizes", default=None, help="comma-separated batch sizes (default: the example's)")
+    x.set_defaults(func=_export)
     b = sub.add_parser("bench", help="short mixer benchmark (full: benchmarks/mixer.py)")
     b.add_argument("--channels", type=int, default=256)
     b.add_argument("--min-log2", type=int, default=10)

@@ -43,3 +43,8 @@ class SessionError(LcsmError, ValueError):
     def __init__(self, message: str, max_supported: int | None = None):
         super().__init__(message)
         self.max_supported = max_supported
+
+
+class ArtifactError(LcsmError, ValueError):
+    """An exported artifact cannot be written or read: not an artifact, truncated or corrupted,
+    another format version, or a program ``torch.export`` cannot export or load."""

@@ -23,7 +23,7 @@ LAYERS = {
     "pipeline": 3,
     "codegen": 4,
     "runtime": 5,
-    "api": 6, "backend": 6, "cli": 6, "models": 6, "incremental": 6, "inspection": 6, "visualize": 6,
+    "api": 6, "backend": 6, "cli": 6, "models": 6, "incremental": 6, "inspection": 6, "visualize": 6, "artifact": 6,
     "__init__": 7,
 }
 

@@ -90,7 +90,7 @@ BAD = [  # (argument, what the one line must say)
     ("tests.cli_factory:returns_three", "must return (model, example_input), got a tuple of 3 items"),
     ("tests.cli_factory:returns_no_tensor", "[B, L] or [B, L, Din] tensor, got a list"),
     ("tests.cli_factory:raises", "raised RuntimeError: factory broke"),
-    ("model.lcsm", "artifact loading is not available yet"),
+    ("no_such_model.lcsm", "no_such_model.lcsm: no such file"),
 ]
 
 
@@ -116,7 +116,7 @@ def test_wrong_inspect_option_one_line_status_2(argv, says, capsys):
 def test_wrong_target_from_the_shell():
     """The installed entry point's behaviour: exit status 2, one line, no traceback."""
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for arg, says in (("no_colon_here", "expected MODULE:FACTORY"), ("model.lcsm", "not available yet")):
+    for arg, says in (("no_colon_here", "expected MODULE:FACTORY"), ("model.lcsm", "no such file")):
         out = subprocess.run([sys.executable, "-m", "lcsm_compile.cli", "inspect", arg], capture_output=True,
                              text=True, cwd=str(ROOT), env=env, timeout=300)
         assert out.returncode == 2, out.stderr
@@ -129,3 +129,23 @@ def test_unsupported_model(capsys):
     assert rc == 0 and "circular" in out.lower() and "cli_factory.py:" in out
     rc, out, err = _main(capsys, "inspect", "tests.cli_factory:circular")
     assert rc == 1 and err.count("\n") == 1 and "UnsupportedModelError" in err and "cli_factory.py:" in err
+
+
+def test_export_then_explain_and_inspect_the_artifact(capsys, tmp_path):
+    """lcsm export MODULE:FACTORY -o FILE; lcsm explain FILE.lcsm; lcsm inspect FILE.lcsm
+    (programs as code, --tiling from the stored schedule); a file that is not an artifact: one
+    line, status 2."""
+    out_file = str(tmp_path / "m.lcsm")
+    rc, out, err = _main(capsys, "export", FACTORY, "-o", out_file, "--max-len", "64")
+    assert rc == 0 and "wrote" in out and os.path.getsize(out_file) > 0
+    rc, out, err = _main(capsys, "explain", out_file)
+    assert rc == 0 and "lcsm artifact" in out and "HyenaLM" in out and "long conv" in out
+    png = str(tmp_path / "t.png")
+    rc, out, err = _main(capsys, "inspect", out_file, "--tiling", png)
+    assert rc == 0 and "== step program" in out and "lcsm.online_diag" in out and os.path.getsize(png) > 0
+    bad = tmp_path / "bad.lcsm"
+    bad.write_bytes(b"not a zip at all")
+    rc, out, err = _main(capsys, "inspect", str(bad))
+    assert rc == 2 and err.count("\n") == 1 and "not an lcsm artifact" in err
+    rc, out, err = _main(capsys, "export", FACTORY, "-o", out_file, "--batch-sizes", "x")
+    assert rc == 2 and "--batch-sizes" in err

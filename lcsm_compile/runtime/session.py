@@ -142,7 +142,7 @@ class Session:
         self.position = int(state["position"])
         self._started = True
 
-    def _empty_outputs(self, x: torch.Tensor) -> Any:
+    def _empty_outputs(self, x: torch.Tensor) -> Any:  # noqa: D401 - see the docstring below
         """Outputs of a 0-length prompt: the model's structure, dtypes and non-time sizes, with 0
         positions along each output's time dim (an output without one, as the model returns
         it). The lowered graph runs once on zeros at its shortest valid length (the graph
