@@ -19,8 +19,10 @@ Rows:
   as one function (median of ``--floor-reps``): the weight-streaming floor;
 * ``lazy`` / ``eager`` (caching baselines): the same session with ``engine="lazy"`` /
   ``"eager"`` (each long-conv output computed from cached activations, O(t) per step) and
-  ``compile_step`` of the better lcsm row, so only the long convolution differs; they are
-  slow at 2^15, so ``--baseline-steps`` steps are timed, ending at the same context.
+  ``compile_step`` of the better lcsm row, so only the long convolution differs;
+  ``--baseline-steps`` steps are timed from position context / 2: a lazy step costs O(t) and
+  an eager one O(max_len - t), so at the midpoint each costs its average over a generation to
+  the context (timed at the end, eager would look nearly free and lazy twice its average).
 
 Latency: longest single step / median step over the timed lcsm steps and the 99.9th
 percentile; ``--latency-steps N`` also times N consecutive steps from a prefill of P
@@ -256,7 +258,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--d-model", type=int, default=256)
     ap.add_argument("--context", type=int, default=1 << 15, help="the context the timed steps end at")
     ap.add_argument("--steps", type=int, default=256, help="timed lcsm steps (positions context-steps .. context-1)")
-    ap.add_argument("--baseline-steps", type=int, default=16, help="timed lazy/eager steps, ending at the context")
+    ap.add_argument("--baseline-steps", type=int, default=16, help="timed lazy/eager steps, from position context / 2")
     ap.add_argument("--warmup", type=int, default=8, help="untimed steps before the timed ones")
     ap.add_argument("--batch", default="1,8", help="comma list of batch sizes")
     ap.add_argument("--threads", type=int, default=1, help="torch threads and the sessions' threads=")
@@ -361,7 +363,9 @@ def main(argv=None) -> dict:
             base = {}
             for kind in (() if args.no_baselines else ("lazy", "eager")):
                 sess, setup = make_session(model, ids, max_len, args.threads, engine=kind, compile_step=best_cs)
-                st = time_steps(sess, ids, args.context - args.baseline_steps, args.baseline_steps,
+                # at the midpoint of a generation to the context: for a step costing O(t) (lazy)
+                # or O(max_len - t) (eager), the cost there is its average over the generation
+                st = time_steps(sess, ids, args.context // 2, args.baseline_steps,
                                 min(args.warmup, 2), f"{tag} {kind}")
                 name = f"{kind} (compile_step={best_cs})"
                 base[name] = add_row(mname, B, name, st, setup=setup + st["first_warmup_step_s"],
@@ -425,7 +429,8 @@ def main(argv=None) -> dict:
     desc = (f"Per-step times (one step = one token for each of the B sequences), fp32, {args.threads} thread(s), "
             f"{args.layers} layers x d={args.d_model}, vocab {VOCAB}; lcsm rows: {args.steps} steps at positions "
             f"{P}..{args.context - 1} after a prefill and {args.warmup} untimed steps; lazy/eager: "
-            f"{args.baseline_steps} steps ending at {args.context}, with compile_step of the better lcsm row; "
+            f"{args.baseline_steps} steps from position {args.context // 2} (the midpoint: their per-token "
+            f"average over a generation to {args.context}), with compile_step of the better lcsm row; "
             f"sessions' max_len {max_len}. Setup = session construction + first step (Inductor compile "
             f"for compile_step=True), never in the step times. Weight floor: "
             + "; ".join(f"{k}: {v['count']} matmul weights, {v['bytes'] / 1e6:.2f} MB" for k, v in weights_info.items())

@@ -23,7 +23,12 @@ The compiled forward then runs:
   the rewritten graph passed the check): exact, the verified convolutions run through
   ``lcsm::long_conv`` / ``lcsm::short_conv`` and everything else as captured. A refusal that
   only rules out streaming (softmax over time, a circular convolution elsewhere in the graph)
-  does not undo the verified rewrites: the report lists it;
+  does not undo the verified rewrites: the report lists it. Its full forward
+  (:class:`_FullForward`) computes the long-convolution filters once per length and weights,
+  and from its second call runs the rest compiled by Inductor (``options={"inductor": False}``:
+  op by op), the long convolutions as extern calls; checked against the op-by-op run once per
+  compile, any Inductor failure falls back to the op-by-op run with the reason logged and in
+  the report's ``full_forward``;
 * fallback ``eager`` (default) - the captured aten graph as is, op for op the model's own
   computation: exact. Used for graphs with no verified convolution, a capture problem, or a
   failed check; the reason is logged (logger ``lcsm_compile``) and kept in ``.reports``. ``options={"fallback": "inductor"}`` compiles such graphs with Inductor
@@ -36,8 +41,10 @@ require grad, and the ``lcsm`` ops have no backward).
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
-from typing import Any, Callable, Deque, Dict, List, Tuple
+import time
+from typing import Any, Callable, Deque, Dict, List, Optional, Tuple
 
 import torch
 import torch.fx as fx
@@ -131,6 +138,10 @@ class LcsmBackend:
 
         options = dict(kwargs.get("options") or {})
         check_options(options, BACKEND_OPTIONS, 'torch.compile(backend="lcsm")')
+        options.setdefault("inductor", BACKEND_OPTIONS["inductor"])
+        if not isinstance(options["inductor"], bool):
+            raise TypeError(f'torch.compile(backend="lcsm"): option inductor must be True or False, '
+                            f'got {options["inductor"]!r}')
         fallback = options.get("fallback", "eager")
         verbose = bool(options.get("verbose", False))
         # inference only: grad-mode switches inside the graph (``with torch.no_grad():`` blocks in
@@ -211,7 +222,7 @@ class LcsmBackend:
             done += "; not streamable: " + reasons
         rep = GraphReport("lcsm", done, n_long, n_short, list(fe.refusals))
         plain = gm.forward
-        new = _reuse_filters(new, fe.analysis, real, {i for i, _ in seq})
+        new = _FullForward(new, fe.analysis, real, {i for i, _ in seq}, options["inductor"], rep)
 
         def run(*args):
             if bound is not None and args[d0].shape[tdim] > bound:
@@ -236,41 +247,200 @@ class LcsmBackend:
         return runner
 
 
-def _reuse_filters(gm: fx.GraphModule, analysis, real: List[Any], seq_idx) -> Callable:
-    """The rewritten graph's runner that computes its long-convolution filters once per input
-    shape and parameter version (:func:`lcsm_compile.passes.split_filters.split_filters`),
-    the last 4 kept; ``gm`` itself when no filter can be kept or the split graph does not give
-    identical outputs on the example inputs."""
+#: the full forward of a graph is compiled by Inductor on its ``COMPILE_AFTER``-th call (a graph
+#: called once, e.g. dynamo's first graph for the first length of a loop, never pays the compile)
+COMPILE_AFTER = 2
+
+
+def _no_duck_sizing():
+    """A context in which dynamo gives equal sizes separate symbols (``use_duck_shape=False``;
+    a no-op where this torch has no such setting)."""
+    try:
+        import torch.fx.experimental._config as fx_config
+        return fx_config.patch(use_duck_shape=False)
+    except (ImportError, AttributeError, TypeError):
+        return contextlib.nullcontext()
+
+
+def _inductor_compile(gm: fx.GraphModule, example_inputs: List[Any]) -> Callable:
+    """The dynamo backend of the full forward's Inductor compile (a function, so tests can make
+    it fail)."""
+    from torch._inductor.compile_fx import compile_fx
+    return compile_fx(gm, example_inputs)
+
+
+class _FullForward:
+    """The full forward of a rewritten graph (``gm``: ``lcsm`` ops in place of the verified
+    convolutions):
+
+    * its long-convolution filters are computed once per input shape and parameter version
+      (:func:`lcsm_compile.passes.split_filters.split_filters`; the last 4 kept) when the split
+      graph gives identical outputs on the example inputs;
+    * with ``inductor`` on, the per-call graph (the graph once the filters are split off) is
+      compiled by Inductor (``torch.compile(..., dynamic=True)``: the length is symbolic, one
+      compile serves every length; the long convolutions stay extern calls,
+      :func:`_dense_long_conv`; the short ones become shifted multiply-adds that Inductor fuses,
+      :func:`_short_conv_pointwise`), on its :data:`COMPILE_AFTER`-th call (a graph called once
+      never pays the compile). Inductor's C++ kernels use the intra-op thread count set when
+      they compile (``torch.get_num_threads()``). Every new Inductor compile is checked once
+      against the op-by-op run on that call's inputs (:func:`~lcsm_compile.passes.check.output_mismatch`,
+      as the rewritten graph was against the captured one); a compile error, a runtime error or
+      a mismatch logs a WARNING with the reason, records it in the report's ``full_forward`` and
+      the graph runs op by op from then on: never an error that the op-by-op run would not give.
+    """
+
+    def __init__(self, gm: fx.GraphModule, analysis, real: List[Any], seq_idx, inductor: bool,
+                 report: GraphReport):
+        self.report = report
+        self.main: Callable = gm
+        self.filters: Optional[Callable] = None
+        split = _split(gm, analysis, real)
+        if split is not None:
+            self.filters, self.main = split.filters, split.main
+        self._state = [i for i, a in enumerate(real) if isinstance(a, torch.Tensor) and i not in seq_idx]
+        self._data = sorted(seq_idx)
+        self._cache: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
+        self.inductor = bool(inductor)
+        self.compiled: Optional[Callable] = None
+        self.calls = 0
+        self._filters_note = "filters kept per length and weights; " if split is not None else ""
+        report.full_forward = self._filters_note + (
+            f"compiled by Inductor on its call {COMPILE_AFTER}" if self.inductor
+            else "op by op: options={'inductor': False}")
+
+    def _ks(self, args) -> tuple:
+        if self.filters is None:
+            return ()
+        key = (tuple(tuple(args[i].shape) for i in self._data), tuple(a for a in args if isinstance(a, int)),
+               tuple((id(args[i]), args[i]._version, args[i].data_ptr()) for i in self._state))
+        ks = self._cache.get(key)
+        if ks is None:
+            ks = tuple(self.filters(*args))
+            self._cache[key] = ks
+            while len(self._cache) > 4:
+                self._cache.popitem(last=False)
+        return ks
+
+    def _backend(self, gm: fx.GraphModule, example_inputs: List[Any]) -> Callable:
+        self.report.inductor_compiles += 1
+        return _inductor_compile(gm, example_inputs)
+
+    def _give_up(self, why: str) -> None:
+        self.inductor, self.compiled = False, None
+        self.report.full_forward = f"{self._filters_note}op by op: Inductor failed ({why})"
+        log.warning("lcsm backend: the full forward runs op by op: Inductor failed (%s)", why)
+
+    def _inductor_call(self, args, ks):
+        """The Inductor-compiled per-call graph's outputs, or None (then it runs op by op)."""
+        rep = self.report
+        try:
+            if self.compiled is None:
+                self.compiled = torch.compile(_fresh_module(self.main), backend=self._backend, dynamic=True)
+            n0, t0 = rep.inductor_compiles, time.perf_counter()
+            # no duck sizing: sizes that happen to be equal at the compile's length (a filter's
+            # stride and the channel count) must not become a guard that recompiles at the next
+            with _no_duck_sizing():
+                out = self.compiled(*args, *ks)
+            if rep.inductor_compiles == 0:
+                raise RuntimeError("dynamo compiled no graph of it")
+            if rep.inductor_compiles != n0:  # a new compile: checked once against the op-by-op run
+                from .passes.check import output_mismatch
+                why = output_mismatch(list(out), list(self.main(*args, *ks)))
+                if why is not None:
+                    raise RuntimeError(f"its output differs from the op-by-op run: {why}")
+                rep.inductor_compile_s += time.perf_counter() - t0
+                rep.full_forward = (self._filters_note
+                                    + "compiled by Inductor (the lcsm long convolutions as extern calls)")
+            return out
+        except Exception as e:  # noqa: BLE001 - the op-by-op run is as exact
+            log.debug("lcsm backend: Inductor compile of the full forward failed", exc_info=True)
+            e = getattr(e, "inner_exception", None) or e  # dynamo's BackendCompilerFailed: the cause
+            msg = str(e).strip()
+            self._give_up(f"{type(e).__name__}: {msg.splitlines()[0] if msg else ''}")
+            return None
+
+    def __call__(self, *args):
+        ks = self._ks(args)
+        if self.inductor:
+            self.calls += 1
+            if self.calls >= COMPILE_AFTER:
+                out = self._inductor_call(args, ks)
+                if out is not None:
+                    return out
+        return self.main(*args, *ks)
+
+
+_DENSE_LIB: Optional[torch.library.Library] = None
+
+
+def _dense_long_conv() -> Any:
+    """``lcsm_dense::long_conv``: ``lcsm::long_conv`` with a contiguous output, declared so in its
+    fake kernel. The Inductor-compiled full forward calls it (one extern call): Inductor lays
+    out an extern call's output by the op's fake kernel, and the fake of ``lcsm::long_conv``
+    says "like ``u``" while the op returns a slice of its longer FFT buffer (Inductor's size
+    asserts stop such a call: ``expected ... stride 11==1``)."""
+    global _DENSE_LIB
+    if _DENSE_LIB is None and not hasattr(torch.ops.lcsm_dense, "long_conv"):
+        lib = torch.library.Library("lcsm_dense", "DEF")
+        lib.define("long_conv(Tensor u, Tensor k) -> Tensor")
+        lib.impl("long_conv", lambda u, k: torch.ops.lcsm.long_conv.default(u, k).contiguous(),
+                 "CompositeExplicitAutograd")
+        torch.library.register_fake("lcsm_dense::long_conv", lambda u, k: u.new_empty(u.shape), lib=lib)
+        _DENSE_LIB = lib
+    return torch.ops.lcsm_dense.long_conv.default
+
+
+def _short_conv_pointwise(u: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``lcsm::short_conv`` (causal depthwise, ``w [C, K]``) as K shifted multiply-adds, which
+    Inductor fuses with the ops around it into one loop (the op itself pads a copy of its input
+    and runs a depthwise convolution: a quarter of the full forward of a 4 x 256 Hyena LM at
+    L = 4096, measured). The same sum in another order: Inductor's output is checked against the
+    op-by-op run (:class:`_FullForward`)."""
+    K = w.shape[-1]
+    L = u.shape[-1]
+    w = w.to(u.dtype).unsqueeze(-1)                      # [C, K, 1]
+    up = torch.nn.functional.pad(u, (K - 1, 0))
+    y = up[..., 0:L] * w[:, 0]
+    for i in range(1, K):
+        y = y + up[..., i:i + L] * w[:, i]
+    if bias is not None:
+        y = y + bias.to(u.dtype).unsqueeze(-1)
+    return y
+
+
+def _fresh_module(gm: fx.GraphModule) -> fx.GraphModule:
+    """A copy of ``gm`` for Inductor: same tensors, a copy of its graph in which
+    ``lcsm::long_conv`` is the extern call :func:`_dense_long_conv` and ``lcsm::short_conv`` is
+    :func:`_short_conv_pointwise`. Made at run time: dynamo does not trace the code of a
+    GraphModule generated while the backend compiled (its frames are skipped)."""
+    from .passes.common import LONG_CONV, SHORT_CONV
+
+    g = fx.Graph()
+    g.output(g.graph_copy(gm.graph, {}))
+    for n in g.nodes:
+        if n.op == "call_function" and n.target == LONG_CONV:
+            n.target = _dense_long_conv()
+        elif n.op == "call_function" and n.target == SHORT_CONV:
+            n.target = _short_conv_pointwise
+    return fx.GraphModule(gm, g)
+
+
+def _split(gm: fx.GraphModule, analysis, real: List[Any]):
+    """:func:`~lcsm_compile.passes.split_filters.split_filters` of ``gm``, or None when no filter
+    can be kept or the split graph does not give identical outputs on the example inputs."""
     from .passes.split_filters import split_filters
 
     try:
         split = split_filters(gm, analysis)
         if split is None:
-            return gm
+            return None
         with torch.no_grad():
             same = all(torch.equal(a, b) for a, b in zip(split.main(*real, *split.filters(*real)), gm(*real))
                        if isinstance(a, torch.Tensor))
-        if not same:
-            return gm
+        return split if same else None
     except Exception as e:  # noqa: BLE001 - the plain rewritten graph is as exact
         log.debug("lcsm backend: filters not split: %s", e)
-        return gm
-    state = [i for i, a in enumerate(real) if isinstance(a, torch.Tensor) and i not in seq_idx]
-    data = sorted(seq_idx)
-    cache: "collections.OrderedDict[tuple, tuple]" = collections.OrderedDict()
-    filters, main = split.filters, split.main
-
-    def run(*args):
-        key = (tuple(tuple(args[i].shape) for i in data), tuple(a for a in args if isinstance(a, int)),
-               tuple((id(args[i]), args[i]._version) for i in state))
-        ks = cache.get(key)
-        if ks is None:
-            ks = tuple(filters(*args))
-            cache[key] = ks
-            while len(cache) > 4:
-                cache.popitem(last=False)
-        return main(*args, *ks)
-    return run
+        return None
 
 
 #: the default instance, registered as ``backend="lcsm"`` (entry point)

@@ -116,8 +116,15 @@ def inspect_report(session: Any, title: Optional[str] = None) -> str:
     note = getattr(session, "kernel_note", None)
     if note and not any(p.get("kernels") for p in schedule_params(prog)):
         lines += ["", f"kernels: {note}"]
-    lines += ["", "## prefill program (rewritten graph: the convolutions are stateful calls)", _code(plan.prefill_gm),
-              "", "## step program (one position: x_t, pos)", _code(plan.step_gm)]
+    from .codegen import SOURCE, _NAME
+    from .codegen.native import built_source
+
+    src = built_source(SOURCE, _NAME)
+    lines.append(f"kernel source (C: red cells, block transposes, direct tiles, ring step): "
+                 f"{src or 'not built in this cache'}")
+    pre, step = getattr(prog, "prefill_gm", plan.prefill_gm), getattr(prog, "step_gm", plan.step_gm)
+    lines += ["", "## prefill program (the convolutions are stateful lcsm ops on the state buffers)", _code(pre),
+              "", "## step program (one position: x_t, pos)", _code(step)]
     for hi, g in plan.short_prefills:
         lines += ["", f"## prefill program for prompts of length <= {hi}", _code(g)]
     return "\n".join(lines) + "\n"

@@ -82,8 +82,9 @@ def causal_conv_direct(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 @torch.library.custom_op("lcsm::long_conv", mutates_args=())
 def long_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    """Causal long convolution ``y[..., c, t] = sum_{s<=t} u[..., c, s] k[c, t-s]`` (FFT)."""
-    return causal_conv_fft(u, k)
+    """Causal long convolution ``y[..., c, t] = sum_{s<=t} u[..., c, s] k[c, t-s]`` (FFT). The
+    output is contiguous, as its fake says (Inductor checks the strides of extern calls)."""
+    return causal_conv_fft(u, k).contiguous()
 
 
 @long_conv.register_fake

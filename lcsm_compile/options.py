@@ -34,6 +34,7 @@ BACKEND_OPTIONS: Dict[str, Any] = {
     "verbose": False,           # log every graph's decision at INFO
     "debug_dir": None,
     "stream": True,             # calls that extend the previous call's input run only the new positions
+    "inductor": True,           # the full forward of a rewritten graph is compiled by Inductor (lcsm ops extern)
     # the sessions of streamed calls: max_len caps them (None: grow by doubling), the rest as for
     # session()
     "max_len": None, "kernels": "auto", "compile_step": False, "engine": "online", "engine_options": None,

@@ -89,6 +89,13 @@ class GraphReport:
     #: what the calls did, for a graph whose calls stream: ``full`` forwards, streamed ``steps``,
     #: sessions ``made`` and ``grown`` (updated as the compiled model runs)
     calls: dict = dataclasses.field(default_factory=dict)
+    #: how the full (not streamed) forward of an ``lcsm`` graph runs: compiled by Inductor (the
+    #: ``lcsm`` ops as extern calls) or op by op, and why (an Inductor failure's reason)
+    full_forward: str = ""
+    #: Inductor compiles of the full forward (dynamo frames) and the wall time of the calls that
+    #: compiled (trace, compile, run and the check against the op-by-op run)
+    inductor_compiles: int = 0
+    inductor_compile_s: float = 0.0
 
 
 @dataclasses.dataclass

@@ -21,3 +21,23 @@ import torch  # noqa: E402
 def _seed():
     torch.manual_seed(0)
     yield
+
+
+def pytest_configure(config):
+    config.addinivalue_line("markers", "full_forward_inductor: keep the backend's Inductor full forward on")
+
+
+@pytest.fixture(autouse=True)
+def _no_full_forward_inductor(request):
+    """The backend compiles a graph's full forward with Inductor from its second call (4-35 s a
+    compile): tests that are not about it run the full forward op by op (the default of the
+    ``inductor`` option is switched off for them; an explicit option still wins). Tests named
+    ``*inductor*`` or marked ``full_forward_inductor`` keep the product default."""
+    from lcsm_compile.options import BACKEND_OPTIONS
+
+    keep = "inductor" in request.node.name or request.node.get_closest_marker("full_forward_inductor")
+    old = BACKEND_OPTIONS["inductor"]
+    if not keep:
+        BACKEND_OPTIONS["inductor"] = False
+    yield
+    BACKEND_OPTIONS["inductor"] = old

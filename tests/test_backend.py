@@ -185,3 +185,78 @@ def test_graph_after_a_break_finds_its_own_time_axis():
     assert rewritten and all(r.long_convs == 1 and not r.refusals for r in rewritten), \
         [(r.mode, r.reason) for r in backend.reports]
     assert not any("slices the time axis" in r.reason for r in backend.reports)
+
+
+def _inductor_report(reports):
+    """The report of the graph whose full forward ran most (dynamo's dynamic-length graph)."""
+    reps = [r for r in reports if r.mode == "lcsm"]
+    assert reps, [(r.mode, r.reason) for r in reports]
+    return max(reps, key=lambda r: r.inductor_compiles)
+
+
+def test_full_forward_through_inductor_is_exact_at_every_length():
+    """From its second call the full forward runs compiled by Inductor (one compile for every
+    length: dynamic shapes), equal to eager and to the fp64 golden values at odd lengths too."""
+    reps = _run("safari_hyena_o2", lengths=(9, 16, 13, 31, 64, 17, 2))
+    rep = _inductor_report(reps)
+    assert rep.inductor_compiles == 1 and rep.full_forward.startswith("filters kept"), \
+        (rep.inductor_compiles, rep.full_forward)
+    assert "compiled by Inductor (the lcsm long convolutions as extern calls)" in rep.full_forward
+    assert rep.inductor_compile_s > 0
+
+
+def test_full_forward_through_inductor_fp64():
+    entry = get("hyenadna_cont")
+    m = entry.build().double()
+    backend = B.LcsmBackend()
+    f = torch.compile(m, backend=backend, options={"stream": False})
+    for L in (7, 12, 21, 40):
+        x = entry.make_input(2, L).double()
+        for a, b in zip(output_tensors(f(x)), output_tensors(m(x))):
+            assert rel(a, b) < 1e-9, L
+    rep = _inductor_report(backend.reports)
+    assert rep.inductor_compiles == 1 and "compiled by Inductor" in rep.full_forward, rep.full_forward
+
+
+def test_failing_inductor_compile_falls_back_to_op_by_op(monkeypatch, caplog):
+    def broken(gm, example_inputs):
+        raise RuntimeError("inductor is broken today")
+
+    monkeypatch.setattr(B, "_inductor_compile", broken)
+    with caplog.at_level("WARNING", logger="lcsm_compile"):
+        reps = _run("safari_hyena_o2", lengths=(9, 16, 13, 31))
+    rep = _inductor_report(reps)
+    assert rep.mode == "lcsm" and rep.inductor_compiles == 1
+    assert "op by op: Inductor failed" in rep.full_forward and "inductor is broken today" in rep.full_forward, \
+        rep.full_forward
+    assert any("Inductor failed" in r.getMessage() and "inductor is broken today" in r.getMessage()
+               for r in caplog.records)
+
+
+def test_inductor_differing_output_falls_back(monkeypatch):
+    """An Inductor result that differs from the op-by-op run is never returned."""
+    from torch._inductor.compile_fx import compile_fx
+
+    def wrong(gm, example_inputs):
+        run = compile_fx(gm, example_inputs)
+
+        def bad(*args):
+            out = run(*args)
+            return [o * 1.01 if isinstance(o, torch.Tensor) and o.is_floating_point() else o for o in out]
+        return bad
+
+    monkeypatch.setattr(B, "_inductor_compile", wrong)
+    reps = _run("safari_hyena_o2", lengths=(9, 16, 13, 31))
+    rep = _inductor_report(reps)
+    assert "op by op: Inductor failed" in rep.full_forward and "differs" in rep.full_forward, rep.full_forward
+
+
+def test_inductor_option():
+    reps = _run("safari_hyena_o2", lengths=(9, 16, 13), options={"inductor": False})
+    assert all(r.inductor_compiles == 0 and "options={'inductor': False}" in r.full_forward for r in reps), \
+        [r.full_forward for r in reps]
+    entry = get("safari_hyena_o2")
+    with pytest.raises(Exception, match="inductor must be True or False"):
+        torch.compile(entry.build(), backend=B.LcsmBackend(), options={"inductor": "yes"})(entry.make_input(2, 9))
+    with pytest.raises(Exception, match="'inductor'"):  # listed among the valid options
+        torch.compile(entry.build(), backend=B.LcsmBackend(), options={"inductr": True})(entry.make_input(2, 9))

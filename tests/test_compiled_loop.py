@@ -75,6 +75,25 @@ def test_greedy_loop_streams_and_is_exact(B):
     assert rep.calls["steps"] >= 25 and rep.calls["made"] == 1, rep.calls
 
 
+def test_compiled_step_program_streams_batch_one():
+    """A [1, 1] slice of the growing input keeps its row stride: the stream hands the session a
+    compact copy, so a compiled step program does not recompile for every length (dynamo's
+    recompile limit would end the stream after 8 calls)."""
+    torch.manual_seed(8)
+    model = HyenaLM(vocab=32, d_model=16, n_layers=2, max_len=512).eval()
+    fast, be = _compiled(model, compile_step=True)
+    ids = torch.randint(0, 32, (1, 4))
+    for i in range(20):  # the user's loop: a new, longer tensor every call
+        logits = fast(ids)
+        if i % 5 == 0:
+            with torch.no_grad():
+                assert rel(logits, model(ids)) <= TOL
+        ids = torch.cat([ids, logits[:, -1:].argmax(-1)], 1)
+    rep = _streamed(be)
+    assert rep.streaming.startswith("calls stream") and rep.calls["steps"] >= 17, (rep.streaming, rep.calls)
+
+
+@pytest.mark.full_forward_inductor
 def test_restarts_on_calls_that_do_not_extend():
     torch.manual_seed(1)
     model = HyenaLM(vocab=32, d_model=16, n_layers=2, max_len=512).eval()
@@ -90,6 +109,8 @@ def test_restarts_on_calls_that_do_not_extend():
         assert rel(fast(inp), ref) <= TOL
     after = _streamed(be).calls
     assert after["full"] >= calls["full"] + 3 and after["made"] == 1, (calls, after)
+    # from its second full forward the graph runs compiled by Inductor: those calls were exact too
+    assert "compiled by Inductor" in _streamed(be).full_forward, _streamed(be).full_forward
 
 
 def test_sessions_grow_past_their_length(monkeypatch):
@@ -150,6 +171,20 @@ def test_weight_change_restarts_exactly():
         for p in model.blocks[0].parameters():
             p.add_(0.01)
     _loop(fast, model, x, 16, check_every=1)
+
+
+def test_weight_data_swap_restarts_exactly():
+    """``p.data = t`` keeps the version counter: the data pointer tells the streams."""
+    torch.manual_seed(7)
+    model = HyenaLM(vocab=32, d_model=16, n_layers=2, max_len=512).eval()
+    fast, be = _compiled(model)
+    x = torch.randint(0, 32, (1, 30))
+    _loop(fast, model, x[:, :15], 4, check_every=100)
+    made = _streamed(be).calls["made"]
+    for p in model.parameters():
+        p.data = p.data * 1.25
+    _loop(fast, model, x, 16, check_every=1)
+    assert _streamed(be).calls["made"] == made + 1, _streamed(be).calls
 
 
 def test_stream_option_off_and_unknown_options():

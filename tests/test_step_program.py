@@ -108,7 +108,8 @@ def test_fullgraph_compiled_step_teacher_forcing(e):
 ], ids=["hyena", "striped"])
 def test_inductor_compiled_step_by_option(build):
     """``compile_step=True``: the step program through Inductor (one graph, the ops extern
-    calls), teacher-forced against the model at odd lengths, batch 3, prompt 0."""
+    calls), teacher-forced against the model at odd lengths, batch 3, prompt 0, fed the way a
+    user's loop does (slices of a growing tensor: one compile, not one per stride)."""
     torch.manual_seed(0)
     model = build().eval()
     x = torch.randint(0, 48, (3, 41))
@@ -116,10 +117,14 @@ def test_inductor_compiled_step_by_option(build):
         ref = tensors(model(x))
     sess = lcsm_compile.session(model, x[:, :3], max_len=64, compile_step=True)
     outs = [tensors(sess.prefill(x[:, :0]))]
-    for t in range(41):
-        outs.append(tensors(sess.step(x[:, t:t + 1])))
+    ids = x[:, :0]
+    for t in range(41):  # a user's loop: the last column of a growing tensor (its stride changes)
+        ids = torch.cat([ids, x[:, t:t + 1]], 1)
+        outs.append(tensors(sess.step(ids[:, -1:])))
     got = [torch.cat([o[i] for o in outs], 1) for i in range(len(ref))]
     assert_golden(got, ref, golden_forward(model, x), what="compiled step")
+    step = sess.program.step_fn
+    assert step.failed is None and step.setup_s is not None  # compiled, and it ran compiled
 
 
 def test_export_keeps_ops_and_streams_after_the_engine_is_gone():

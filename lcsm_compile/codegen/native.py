@@ -99,6 +99,20 @@ def _build(source: str, name: str) -> str:
     raise NativeBuildError(last)
 
 
+def built_source(source: str, name: str) -> Optional[str]:
+    """The path of the emitted C source of a library already built in the cache (None if not
+    built): what ``lcsm inspect`` lists."""
+    cc = compiler()
+    if cc is None:
+        return None
+    for flags in (_FLAGS, _FALLBACK_FLAGS):
+        key = hashlib.sha256("\0".join([source, cc, *flags]).encode()).hexdigest()[:20]
+        src = os.path.join(cache_dir(), f"{name}-{key}.c")
+        if os.path.exists(os.path.join(cache_dir(), f"{name}-{key}.so")) and os.path.exists(src):
+            return src
+    return None
+
+
 def load_library(source: str, name: str) -> Optional[ctypes.CDLL]:
     """Build (once, cached) and load the C ``source``; None when native kernels are unavailable.
 

@@ -38,6 +38,15 @@ def intra_op_threads(n: Optional[int]):
         torch.set_num_threads(old)
 
 
+def _dense_strides(shape) -> tuple:
+    """The strides of a compact C-contiguous tensor of ``shape``."""
+    out, acc = [], 1
+    for n in reversed(shape):
+        out.append(acc)
+        acc *= max(int(n), 1)
+    return tuple(reversed(out))
+
+
 class Session:
     """A streaming session over one model (see :func:`session`).
 
@@ -112,9 +121,13 @@ class Session:
                                "x[:, :0] is fine)")
         self._check(x_t, "step", 1)
         self._pos.fill_(self.position)
+        if not x_t.is_contiguous() or x_t.stride() != _dense_strides(x_t.shape):
+            # a compact copy: a [B, 1] slice of a growing [B, L] keeps its row stride L, and a
+            # compiled step (static shapes) would see a new stride, a recompile, every token
+            x_t = x_t.clone(memory_format=torch.contiguous_format)
         try:
             with torch.no_grad(), intra_op_threads(self.threads):
-                outs = self.program.step(x_t.contiguous(), self._pos)
+                outs = self.program.step(x_t, self._pos)
         except SessionError as e:
             if getattr(e, "state_reset", False):  # the program was reset (an error in its tile work)
                 self.position, self._started = 0, False
