@@ -279,7 +279,7 @@ class _FullForward:
     * with ``inductor`` on, the per-call graph (the graph once the filters are split off) is
       compiled by Inductor (``torch.compile(..., dynamic=True)``: the length is symbolic, one
       compile serves every length; the long convolutions stay extern calls,
-      :func:`_dense_long_conv`; the short ones become shifted multiply-adds that Inductor fuses,
+      ``lcsm::long_conv``; the short ones become shifted multiply-adds that Inductor fuses,
       :func:`_short_conv_pointwise`), on its :data:`COMPILE_AFTER`-th call (a graph called once
       never pays the compile). Inductor's C++ kernels use the intra-op thread count set when
       they compile (``torch.get_num_threads()``). Every new Inductor compile is checked once
@@ -370,26 +370,6 @@ class _FullForward:
         return self.main(*args, *ks)
 
 
-_DENSE_LIB: Optional[torch.library.Library] = None
-
-
-def _dense_long_conv() -> Any:
-    """``lcsm_dense::long_conv``: ``lcsm::long_conv`` with a contiguous output, declared so in its
-    fake kernel. The Inductor-compiled full forward calls it (one extern call): Inductor lays
-    out an extern call's output by the op's fake kernel, and the fake of ``lcsm::long_conv``
-    says "like ``u``" while the op returns a slice of its longer FFT buffer (Inductor's size
-    asserts stop such a call: ``expected ... stride 11==1``)."""
-    global _DENSE_LIB
-    if _DENSE_LIB is None and not hasattr(torch.ops.lcsm_dense, "long_conv"):
-        lib = torch.library.Library("lcsm_dense", "DEF")
-        lib.define("long_conv(Tensor u, Tensor k) -> Tensor")
-        lib.impl("long_conv", lambda u, k: torch.ops.lcsm.long_conv.default(u, k).contiguous(),
-                 "CompositeExplicitAutograd")
-        torch.library.register_fake("lcsm_dense::long_conv", lambda u, k: u.new_empty(u.shape), lib=lib)
-        _DENSE_LIB = lib
-    return torch.ops.lcsm_dense.long_conv.default
-
-
 def _short_conv_pointwise(u: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """``lcsm::short_conv`` (causal depthwise, ``w [C, K]``) as K shifted multiply-adds, which
     Inductor fuses with the ops around it into one loop (the op itself pads a copy of its input
@@ -410,17 +390,15 @@ def _short_conv_pointwise(u: torch.Tensor, w: torch.Tensor, bias: Optional[torch
 
 def _fresh_module(gm: fx.GraphModule) -> fx.GraphModule:
     """A copy of ``gm`` for Inductor: same tensors, a copy of its graph in which
-    ``lcsm::long_conv`` is the extern call :func:`_dense_long_conv` and ``lcsm::short_conv`` is
+    ``lcsm::long_conv`` stays the extern call and ``lcsm::short_conv`` is
     :func:`_short_conv_pointwise`. Made at run time: dynamo does not trace the code of a
     GraphModule generated while the backend compiled (its frames are skipped)."""
-    from .passes.common import LONG_CONV, SHORT_CONV
+    from .passes.common import SHORT_CONV
 
     g = fx.Graph()
     g.output(g.graph_copy(gm.graph, {}))
-    for n in g.nodes:
-        if n.op == "call_function" and n.target == LONG_CONV:
-            n.target = _dense_long_conv()
-        elif n.op == "call_function" and n.target == SHORT_CONV:
+    for n in g.nodes:  # lcsm::long_conv stays an extern call (its fake gives its contiguous layout)
+        if n.op == "call_function" and n.target == SHORT_CONV:
             n.target = _short_conv_pointwise
     return fx.GraphModule(gm, g)
 

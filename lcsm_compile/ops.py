@@ -89,7 +89,7 @@ def long_conv(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
 
 @long_conv.register_fake
 def _long_conv_fake(u: torch.Tensor, k: torch.Tensor) -> torch.Tensor:
-    return torch.empty_like(u)
+    return u.new_empty(u.shape)  # contiguous, as the op returns it
 
 
 def causal_short_conv(u: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
@@ -107,12 +107,12 @@ def causal_short_conv(u: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Ten
 @torch.library.custom_op("lcsm::short_conv", mutates_args=())
 def short_conv(u: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Causal depthwise short convolution, kernel ``w`` of shape ``[C, K]``, optional ``bias [C]``."""
-    return causal_short_conv(u, w, bias)
+    return causal_short_conv(u, w, bias).contiguous()
 
 
 @short_conv.register_fake
 def _short_conv_fake(u: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor] = None) -> torch.Tensor:
-    return torch.empty_like(u)
+    return u.new_empty(u.shape)  # contiguous, as the op returns it
 
 
 # ---------------------------------------------------------------------------------------------
