@@ -21,8 +21,11 @@ import torch
 from .capture import find_logits, probe_input, unwrap_model
 from .errors import SessionError
 from .options import KERNELS, SESSION_OPTIONS, check_options, resolve_debug_dir
+from .passes.modal import MODAL_OPTIONS
+from .pipeline import decide_modal
 from .pipeline import PLAN, Lowered, ProgramPlan, lower, plan, run_stages, trace_artifact
 from .report import Explanation, refusal_error
+from .runtime import memory
 from .runtime.program import instantiate
 from .runtime.session import Session
 
@@ -110,16 +113,23 @@ def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, 
             ``engine`` ("online" | "lazy" | "eager" | "none": the long-conv algorithm; the last
             three are the benchmark baselines), ``engine_options`` (e.g. ``{"block": 16}``),
             ``debug_dir`` (write each compiler stage's graph there; default ``$LCSM_DEBUG_DIR``,
-            ``False`` turns it off), ``kernels`` ("auto": the
-            engine's fused native CPU kernels where a C compiler builds them, else torch ops;
-            "torch": torch ops only; "triton" is reserved for GPU kernels and not available
-            in this version), ``threads`` (intra-op threads of each step, default 1, set and
+            ``False`` turns it off), ``kernels`` ("auto": the emitted Triton kernels on CUDA,
+            the fused native C kernels on the CPU where a C compiler builds them, else torch
+            ops, each falling back to the next when its capability check fails; "torch": the
+            torch twins; "native": the C kernels; "triton": the Triton kernels, on CUDA or on
+            the CPU under ``TRITON_INTERPRET=1`` (the interpreter, for tests); "native" and
+            "triton" raise SessionError naming why they cannot run here; ``session.kernel_note``
+            says which kernels run and why), ``threads`` (intra-op threads of each step, default 1, set and
             restored around every step; None leaves torch's setting; prefill always runs with
-            torch's setting).
+            torch's setting), ``modal`` ("auto" (default): a long convolution whose filter is
+            a sum of exponentials, recognised in the graph and verified against the model's
+            filter over ``[0, max_len)``, streams as an O(state) recurrence instead of the online
+            engine; False: every long convolution on the online engine; with a baseline
+            ``engine`` it is False; ``explain`` says which path each convolution takes and why).
     Raises:
         UnsupportedModelError: the model cannot be streamed exactly; names the op, its source
             line and the reason.
-        SessionError: wrong arguments (example, max_len, kernels, threads).
+        SessionError: wrong arguments (example, max_len, kernels, threads, modal).
     """
     check_options(options, SESSION_OPTIONS, "session")
     opts = {**SESSION_OPTIONS, **options}
@@ -128,11 +138,19 @@ def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, 
     if max_len is None or int(max_len) < 1:
         raise SessionError(f"max_len must be >= 1, got {max_len}")
     if opts["kernels"] not in KERNELS:
-        raise SessionError(f"kernels={opts['kernels']!r} is not available: this version has 'auto' (native CPU "
-                           f"kernels where they build, else torch) and 'torch'")
+        raise SessionError(f"kernels={opts['kernels']!r} is not available: the kernels are one of "
+                           f"{', '.join(repr(k) for k in KERNELS)}")
+    if opts["kernels"] in ("native", "triton"):
+        from .codegen import select_kernels
+
+        select_kernels(opts["kernels"], torch.float32, example.device)  # early: SessionError naming why not
     if opts["threads"] is not None and (not isinstance(opts["threads"], int) or opts["threads"] < 1):
         raise SessionError(f"threads must be None or an int >= 1, got {opts['threads']!r}")
+    if opts["modal"] not in MODAL_OPTIONS:
+        raise SessionError(f"modal={opts['modal']!r}: expected 'auto' (verified modal filters stream as "
+                           f"recurrences) or False (every long convolution on the online engine)")
     max_len = int(max_len)
+    base = memory.resident_bytes()  # the process before the session (the memory model's base)
     ex = _capture_example(example)
     low = _lowered(model_or_compiled, ex, opts["debug_dir"], max_len)
     if not low.streamable:
@@ -149,16 +167,32 @@ def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, 
             raise SessionError(f"max_len={max_len} is longer than the model supports ({hi} positions): {why}",
                                max_supported=hi)
         short, low = [(hi, low)], long_low
-    pl = plan(low, max_len, example.shape[0], short_pieces=short, debug_dir=opts["debug_dir"])
+    # modal recurrences replace the online engine; the baseline engines measure what they name
+    modal = opts["modal"] if opts["engine"] == "online" else False
+    mp = decide_modal(low, max_len, example.shape[0], modal)  # the modal filters are not folded
+    if opts["memory_check"]:  # the fold stage evaluates the filters at max_len: refuse before it
+        memory.check_fold(low, max_len, skip=tuple(mp.filters))
+    pl = plan(low, max_len, example.shape[0], short_pieces=short, debug_dir=opts["debug_dir"], modal=mp)
     if pl.refusals:
         raise refusal_error(pl.refusals)
+    # the state's bytes by part, before it is allocated (runtime/memory.py, docs/memory.md)
+    mopts = dict(engine=opts["engine"], engine_options=opts["engine_options"], kernels=opts["kernels"],
+                 prompt_len=example.shape[1], compile_step=_compile_step(opts["compile_step"], max_len))
+    mem = memory.plan_report(pl, **mopts)
+    mem.base_bytes = base
+    memory.add_process_growth(mem, pl, base)
+    if opts["memory_check"]:
+        memory.check_plan(pl, mem, **mopts)
     prog = instantiate(pl, engine=opts["engine"], compile_step=_compile_step(opts["compile_step"], max_len),
                        engine_options=opts["engine_options"], kernels=opts["kernels"])
     if short:
         _check_pieces(prog, short[0][1], low, max_len)
     from .inspection import schedule_params
     trace_artifact("lcsm_schedule", lambda: schedule_params(prog), "json")  # TORCH_TRACE: the engines' choices
-    return Session(prog, example, threads=opts["threads"])
+    mem.measured = memory.measure(prog)
+    sess = Session(prog, example, threads=opts["threads"])
+    sess.memory = mem
+    return sess
 
 
 def _check_pieces(prog, short: Lowered, long: Lowered, max_len: int) -> None:
@@ -240,7 +274,8 @@ def generate(model_or_compiled: Any, ids: torch.Tensor, max_new_tokens: int, do_
         eos_token_id: a sequence that emits it is finished: later positions hold
             ``eos_token_id``; generation stops early once every sequence is finished (the
             result is then shorter than ``P + max_new_tokens``).
-        progress: a progress bar with tokens/s (default: on for 256 or more new tokens).
+        progress: a progress bar with tokens/s and the process' resident memory against the
+            session's predicted peak (default: on for 256 or more new tokens).
         options: session options (``max_len`` defaults to ``P + max_new_tokens``,
             ``compile_step``, ``engine``, ...).
     Raises:
@@ -288,6 +323,18 @@ def generate_on(sess: Session, ids: torch.Tensor, max_new_tokens: int, do_sample
     t0 = time.perf_counter()
     logits = _logits(sess.prefill(ids), P)[:, -1]
     n = 0
+    shown = t0
+
+    def postfix(done: int) -> str:  # tokens/s and memory (resident now vs the model's peak)
+        dt = time.perf_counter() - t0
+        txt = f"{done * B / max(dt, 1e-9):,.0f} tok/s (batch {B})"
+        rss, mem = memory.resident_bytes(), getattr(sess, "memory", None)
+        if rss is not None:
+            txt += f", RSS {rss / 2**30:.2f} GiB"
+            if mem is not None and mem.peak_rss is not None:
+                txt += f" (predicted peak {mem.peak_rss / 2**30:.2f})"
+        return txt
+
     try:
         for i in range(N):
             nxt = sample_next(logits, do_sample, temperature, top_k, top_p, generator)
@@ -298,14 +345,16 @@ def generate_on(sess: Session, ids: torch.Tensor, max_new_tokens: int, do_sample
             n = i + 1
             if bar is not None:
                 bar.update(1)
+                if time.perf_counter() - shown > 0.5:
+                    shown = time.perf_counter()
+                    bar.set_postfix_str(postfix(n), refresh=False)
             if eos_token_id is not None and bool(finished.all()):
                 break
             if i + 1 < N:
                 logits = _logits(sess.step(nxt[:, None]), 1)[:, -1]
     finally:
         if bar is not None:
-            dt = time.perf_counter() - t0
-            bar.set_postfix_str(f"{n * B / max(dt, 1e-9):,.0f} tok/s (batch {B})")
+            bar.set_postfix_str(postfix(n))
             bar.close()
     return out[:, : P + n]
 
@@ -320,13 +369,45 @@ def explain(model_or_compiled: Any, example: torch.Tensor, **options: Any) -> Ex
     :func:`lcsm_compile.pipeline.lower`); session options are accepted and ignored.
     """
     check_options(options, set(SESSION_OPTIONS) | {"max_len", "probe_lengths", "check"}, "explain")
-    low = lower(model_or_compiled, _capture_example(example), debug_dir=options.get("debug_dir"),
-                probe_lengths=options.get("probe_lengths", (5, 12)), check=options.get("check", True),
-                max_len=options.get("max_len"))
+    if tuple(options.get("probe_lengths", (5, 12))) == (5, 12) and options.get("check", True) is True:
+        # the lowering a session of the same model, input signature and max_len uses (cached)
+        low = _lowered(model_or_compiled, _capture_example(example), options.get("debug_dir"), options.get("max_len"))
+    else:
+        low = lower(model_or_compiled, _capture_example(example), debug_dir=options.get("debug_dir"),
+                    probe_lengths=options.get("probe_lengths", (5, 12)), check=options.get("check", True),
+                    max_len=options.get("max_len"))
     groups: list = []
+    paths: dict = {}
+    pl = None
     if low.streamable:
+        groups, paths, pl = _explain_plan(low, example.shape[0], options)
+    exp = Explanation(low.long_convs, low.short_convs, list(low.refusals), groups, low.scans,
+                      low.streamable, type(unwrap_model(model_or_compiled)).__name__, low.input_kind,
+                      low.valid_range, dict(low.stage_times), low)
+    exp.conv_paths = paths
+    exp.attention, exp.batch_size, exp.max_len = low.attention, example.shape[0], options.get("max_len")
+    if pl is not None and pl.groups is not None:  # the state's bytes by part (docs/memory.md)
+        mopts = dict(engine=options.get("engine", "online"), engine_options=options.get("engine_options"),
+                     kernels=options.get("kernels", "auto"), prompt_len=example.shape[1])
+        exp.memory = (memory.plan_report(pl, max_len=int(exp.max_len), **mopts) if exp.max_len
+                      else memory.formulas(pl, options.get("kernels", "auto")))
+    return exp
+
+
+def _explain_plan(low: Lowered, batch: int, options: dict) -> tuple:
+    """``(groups, conv paths)`` for :func:`explain`: the plan's fold (modal filters recognised and
+    verified at ``max_len``, default 8192, capped at the graph's valid range), shapes and groups
+    stages, as a session would run them."""
+    modal = options.get("modal", "auto") if options.get("engine", "online") == "online" else False
+    if modal not in MODAL_OPTIONS:
+        raise SessionError(f"modal={modal!r}: expected 'auto' or False")
+    ml = int(options.get("max_len") or 8192)
+    if low.valid_range[1] is not None:
+        ml = min(ml, int(low.valid_range[1]))
+    stages = [s for s in PLAN if s.name in ("fold", "shapes", "groups")]
+    pl = run_stages(ProgramPlan(low, max_len=max(ml, 2), batch_size=batch, modal_option=modal), stages)
+    paths = dict(pl.modal.paths) if pl.modal is not None else {}
+    if pl.groups is None:  # folding refused (the session will say why): the groups without it
         stages = [s for s in PLAN if s.name in ("shapes", "groups")]
-        groups = run_stages(ProgramPlan(low, max_len=2, batch_size=example.shape[0]), stages).groups.groups
-    return Explanation(low.long_convs, low.short_convs, list(low.refusals), groups, low.scans,
-                       low.streamable, type(unwrap_model(model_or_compiled)).__name__, low.input_kind,
-                       low.valid_range, dict(low.stage_times), low)
+        pl = run_stages(ProgramPlan(low, max_len=2, batch_size=batch, modal=pl.modal), stages)
+    return pl.groups.groups, paths, pl

@@ -34,7 +34,9 @@ from __future__ import annotations
 import copy
 import io
 import json
+import os
 import secrets
+import warnings
 import zipfile
 from collections import namedtuple
 from typing import Any, Dict, List, Optional
@@ -43,7 +45,7 @@ import torch
 import torch.fx as fx
 
 from .capture import find_logits
-from .codegen import kernels_for
+from .codegen import STEP_CODES, select_kernels
 from .errors import ArtifactError, SessionError
 from .ops import compute_dtype
 from .options import SESSION_OPTIONS, check_options
@@ -179,6 +181,8 @@ def _state_names(prog: Any) -> set:
     short convolutions)."""
     names = {state_attr(f"g{i}", f) for i in range(len(prog.engines))
              for f in ("hist", "acc", "blk_hist", "blk_acc", "meta")}
+    names |= {state_attr(n, "modal_state") for n in getattr(prog, "modal", {})}  # modal recurrences
+    names |= {state_attr(n, f) for n in getattr(prog, "attention", {}) for f in ("kcache", "vcache")}  # KV caches
     return names | {state_attr(n, "buf") for n in prog.shorts}
 
 
@@ -188,7 +192,8 @@ def _batched(example: torch.Tensor, B: int) -> torch.Tensor:
 
 
 def export(model: Any, example: torch.Tensor, max_len: int = 8192, path: str = "model.lcsm",
-           batch_sizes: Optional[List[int]] = None, progress: bool = False, **options: Any) -> str:
+           batch_sizes: Optional[List[int]] = None, progress: bool = False, aot: bool = False,
+           **options: Any) -> str:
     """Write ``model``'s streaming programs as one artifact file (module doc); returns ``path``.
 
     Args:
@@ -198,6 +203,13 @@ def export(model: Any, example: torch.Tensor, max_len: int = 8192, path: str = "
         path: the file to write.
         batch_sizes: the batch sizes ``load(path).session(batch_size=...)`` will accept
             (default: the example's); one set of programs per batch size, constants shared.
+        aot: also compile each batch size's step program ahead of time with AOTInductor
+            (``torch._inductor.aoti_compile_and_package``: a shared library for this machine's
+            platform and torch version, stored beside the plain program; the ``lcsm::`` ops
+            stay calls into this package's implementations). :func:`load` runs it where it
+            loads, else the plain program. Outputs equal the plain program's to float
+            rounding (Inductor fuses and reorders), not bitwise. Where AOTInductor fails on a
+            program, a warning names why and the artifact holds the plain program only.
         options: session options (``kernels``, ``engine_options``, ``threads``,
             ``compile_step``: applied when the artifact is loaded).
     Raises:
@@ -282,6 +294,19 @@ def export(model: Any, example: torch.Tensor, max_len: int = 8192, path: str = "
             except Exception as e:  # noqa: BLE001
                 raise ArtifactError(f"torch.export could not export the {name} program (batch {B}): "
                                     f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}") from e
+            if aot and name == "step":
+                data, why = _aot_package(ep)
+                if data is not None:
+                    files[f"b{B}_step.aoti.pt2"] = data
+                    entry["aot"] = {"file": f"b{B}_step.aoti.pt2", "platform": _platform(), "torch": torch.__version__}
+                else:
+                    warnings.warn(f"lcsm export: AOTInductor could not compile the step program (batch {B}): {why}; "
+                                  f"the artifact holds the plain program", stacklevel=2)
+                    entry["aot"] = {"error": why}
+            try:  # the example inputs (every weight and state tensor: lifted) need not be in the file
+                ep.example_inputs = None
+            except Exception:  # noqa: BLE001 - an older torch without the setter: they stay
+                pass
             buf = io.BytesIO()
             torch.export.save(ep, buf)
             fname = f"b{B}_{name}.pt2"
@@ -332,6 +357,27 @@ def export(model: Any, example: torch.Tensor, max_len: int = 8192, path: str = "
     return path
 
 
+def _platform() -> str:
+    import platform
+
+    return f"{platform.system()}-{platform.machine()}"
+
+
+def _aot_package(ep: Any) -> tuple:
+    """``(bytes of the AOTInductor package of ep, None)`` or ``(None, why)``."""
+    try:
+        import tempfile
+
+        with tempfile.TemporaryDirectory(prefix="lcsm_aot_") as d:
+            out = os.path.join(d, "step.pt2")
+            torch._inductor.aoti_compile_and_package(ep, package_path=out)
+            with open(out, "rb") as f:
+                return f.read(), None
+    except Exception as e:  # noqa: BLE001 - any compiler failure: the plain program remains
+        msg = str(e).strip().splitlines()
+        return None, f"{type(e).__name__}: {msg[0] if msg else ''}"
+
+
 def probe_prompt(ex: torch.Tensor, P: int) -> torch.Tensor:
     """An input like ``ex`` of ``P`` positions (its own positions repeated: valid ids)."""
     idx = torch.arange(P, device=ex.device) % ex.shape[1]
@@ -369,16 +415,28 @@ class LoadedProgram:
             dt = getattr(torch, s["dtype"])
             self.state[name] = torch.zeros(s["shape"], dtype=dt, device=art.device)
         self.metas = []
+        notes = []
         for g in range(len(entry["groups"])):
             m = self.state[f"g{g}_meta"]
             m[3] = secrets.randbits(62) + 1
-            m[4] = int(kernels_for(compute_dtype(self.state[f"g{g}_hist"].dtype), art.device)[0] is not None)
+            # the red cells' kernels: the exported ``kernels`` option where it runs here, else "auto"
+            cd = compute_dtype(self.state[f"g{g}_hist"].dtype)
+            try:
+                choice = select_kernels(art.doc.get("options", {}).get("kernels", "auto"), cd, art.device)
+            except SessionError:
+                choice = select_kernels("auto", cd, art.device)
+            m[4] = STEP_CODES[choice.impl]
             self.metas.append(m)
+            notes.append(choice.note)
         self.longs = {}
         self.shorts = {n[: -len("_buf")]: None for n in self.state if n.endswith("_buf")}
-        self.engines = [_Note(f"loaded artifact: {'native CPU kernels' if int(m[4]) else 'torch ops'}")
-                        for m in self.metas]
+        self.engines = [_Note(f"loaded artifact: {note}") for note in notes]
         self._progs = {k: art._program(B, k) for k in entry["programs"]}
+        runner, self.aot_note = art._aot_step(B)
+        if runner is not None:
+            self._progs["step"] = runner
+            notes = [f"{n}; step program compiled ahead of time (AOTInductor)" for n in notes]
+            self.engines = [_Note(f"loaded artifact: {note}") for note in notes]
         self._args = {k: self._inputs(v["inputs"]) for k, v in entry["programs"].items()}
         self._ranges = {k: v["range"] for k, v in entry["programs"].items()}
         self._short = sorted((hi, name) for hi, name in entry["short_prefills"])
@@ -480,6 +538,47 @@ class Artifact:
         self.device = torch.device(doc.get("device", "cpu"))
         self.spec = _Spec(doc["outputs"], int(doc["num_outputs"]))
         self._loaded: Dict[tuple, Any] = {}
+        #: ``load(..., aot=)``: None (the AOTInductor step programs where they load), True, False
+        self.aot: Optional[bool] = None
+
+    def _aot_step(self, B: int) -> tuple:
+        """``(the AOTInductor-compiled step program of batch B, note)`` or ``(None, why not)``;
+        with ``load(..., aot=True)`` a missing or failing package is an :class:`ArtifactError`."""
+        if self.aot is False:
+            return None, "aot=False"
+        info = self.doc["programs"][str(B)].get("aot") or {}
+        why = None
+        if "file" not in info:
+            why = info.get("error") and f"AOTInductor failed at export: {info['error']}" or \
+                "exported without aot=True"
+        elif info.get("platform") != _platform() or info.get("torch") != torch.__version__:
+            why = (f"the AOTInductor package was built on {info.get('platform')} with torch {info.get('torch')}, "
+                   f"this is {_platform()} with torch {torch.__version__}")
+        key = (B, "aot")
+        if why is None and key not in self._loaded:
+            try:
+                import hashlib
+
+                from .codegen.native import cache_dir
+
+                data = self._files[info["file"]]
+                d = os.path.join(cache_dir(), "aoti")
+                os.makedirs(d, exist_ok=True)
+                f = os.path.join(d, hashlib.sha256(data).hexdigest()[:24] + ".pt2")
+                if not os.path.exists(f):
+                    tmp = f"{f}.{os.getpid()}.tmp"
+                    with open(tmp, "wb") as fh:
+                        fh.write(data)
+                    os.replace(tmp, f)
+                self._loaded[key] = torch._inductor.aoti_load_package(f)
+            except Exception as e:  # noqa: BLE001
+                msg = str(e).strip().splitlines()
+                why = f"the AOTInductor package does not load here ({type(e).__name__}: {msg[0] if msg else ''})"
+        if why is not None:
+            if self.aot:
+                raise ArtifactError(f"{self.path}: aot=True but {why}")
+            return None, why
+        return self._loaded[key], "step program compiled ahead of time (AOTInductor)"
 
     def _program(self, B: int, name: str) -> Any:
         key = (B, name)
@@ -550,14 +649,22 @@ class ArtifactExplanation:
                  f"{d['batch_sizes']}, vocab {d.get('vocab')}, device {d.get('device')}"]
         for B, e in d["programs"].items():
             lines.append(f"  batch {B}: programs {sorted(e['programs'])}, {len(e['state'])} state tensors, "
-                         f"group schedules (block, fft_from, delay_from, chunk_flops, torch kernels) {e['groups']}")
+                         f"group schedules (block, fft_from, delay_from, chunk_flops, kernels code) {e['groups']}")
+            aot = e.get("aot")
+            if aot:
+                lines.append(f"    AOTInductor step program: {aot['file']} ({aot['platform']}, torch {aot['torch']})"
+                             if "file" in aot else f"    AOTInductor step program: none ({aot.get('error')})")
         return "\n".join(lines) + "\n\n" + self.text
 
     __repr__ = __str__
 
 
-def load(path: str) -> Artifact:
+def load(path: str, aot: Optional[bool] = None) -> Artifact:
     """Read an artifact written by :func:`export` (module doc).
+
+    ``aot``: run the step programs compiled ahead of time (``export(..., aot=True)``) where
+    the artifact has them for this platform and torch version (None, the default), always
+    (True: an :class:`ArtifactError` where they are missing or do not load), or never (False).
 
     Raises:
         ArtifactError: the file is missing, not an artifact, truncated or corrupted, of another
@@ -599,5 +706,6 @@ def load(path: str) -> Artifact:
             if p["file"] not in files:
                 raise ArtifactError(f"{path}: the artifact is truncated (program {p['file']} missing)")
     art = Artifact(path, doc, tensors, files)
+    art.aot = aot
     art.session(batch_size=art.batch_sizes[0])  # loads every program of one batch size: errors show now
     return art

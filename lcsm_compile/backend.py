@@ -218,6 +218,9 @@ class LcsmBackend:
         bound = max_length(fe) if cap.symbolic else None
         d0, tdim = seq[0]
         done = f"{n_long} long and {n_short} short convolutions rewritten"
+        n_attn = sum(r.kind == "attention" for r in fe.records)
+        if n_attn:
+            done += f", {n_attn} causal attention layer(s) (lcsm::causal_attention)"
         if fe.refusals:  # the rest runs as captured: the full forward is exact, streaming is not
             done += "; not streamable: " + reasons
         rep = GraphReport("lcsm", done, n_long, n_short, list(fe.refusals))

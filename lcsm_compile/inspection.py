@@ -3,7 +3,8 @@
 * :func:`schedule_params`: per cross-layer group, the engine's schedule parameters (``block``,
   ``fft_from``, ``delay_from``, the immediate and delayed tile levels) and its members;
 * :func:`inspect_report`: a readable report of a session: the rewritten prefill and step
-  programs as code, the groups, the schedule parameters and the kernels;
+  programs as code, the groups, the schedule parameters and the kernels (which run, and the
+  paths of the emitted C and Triton sources in the kernel cache);
 * :func:`tiling_args`: the arguments of :func:`lcsm_compile.visualize.tiling_figure` for one
   group of a session;
 * :func:`mixer_kinds`: convolution node name -> ``"long"``/``"short"`` (to highlight a plan's
@@ -118,10 +119,13 @@ def inspect_report(session: Any, title: Optional[str] = None) -> str:
         lines += ["", f"kernels: {note}"]
     from .codegen import SOURCE, _NAME
     from .codegen.native import built_source
+    from .codegen.triton import emitted_sources as triton_sources
 
     src = built_source(SOURCE, _NAME)
     lines.append(f"kernel source (C: red cells, block transposes, direct tiles, ring step): "
                  f"{src or 'not built in this cache'}")
+    lines.append(f"kernel source (Triton, from codegen/triton/*.py.tmpl: red step, direct tile, ring step): "
+                 f"{', '.join(triton_sources()) or 'not emitted in this cache'}")
     pre, step = getattr(prog, "prefill_gm", plan.prefill_gm), getattr(prog, "step_gm", plan.step_gm)
     lines += ["", "## prefill program (the convolutions are stateful lcsm ops on the state buffers)", _code(pre),
               "", "## step program (one position: x_t, pos)", _code(step)]

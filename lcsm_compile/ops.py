@@ -24,7 +24,7 @@ for inference, and a backward through them raises.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import List, Optional
 
 import torch
 import torch.nn.functional as F
@@ -126,8 +126,9 @@ def _short_conv_fake(u: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tens
 #
 # Online long convolution of a group (state of :class:`lcsm_compile.runtime.engine.OnlineConv`:
 # ``hist``, ``acc`` [B, C, max_len], ``blk_hist``, ``blk_acc`` [block, B, C], ``meta`` int64 [5]
-# on the CPU = position, prefill length, block start, state id, native flag; ``k`` [C, max_len]
-# the filters; ``config`` = block, fft_from, delay_from, chunk_flops, kernels (0 auto, 1 torch)):
+# on the CPU = position, prefill length, block start, state id, red-cell kernels (0 torch, 1 native,
+# 2 triton); ``k`` [C, max_len] the filters; ``config`` = block, fft_from, delay_from, chunk_flops,
+# kernels (0 auto, 1 torch, 2 native, 3 triton: codegen.KERNEL_CODES), ...):
 #
 # * ``online_diag(u [B, n], blk_hist!, blk_acc, kb, meta, c0) -> y [B, n]``: the output of the
 #   current position for channels ``c0 .. c0 + n`` (one group member); records ``u``.
@@ -179,3 +180,102 @@ def register_stateful_impl(name: str, fn) -> None:
     """Register ``fn`` as the implementation of ``lcsm::<name>`` (every device: the function
     picks its kernels from its arguments)."""
     _LIB.impl(name, fn, "CompositeExplicitAutograd")
+
+
+# ---------------------------------------------------------------------------------------------
+# Causal softmax attention (docs/frontend.md, "Attention"). The canonical op a verified attention
+# region becomes, in the layout of the region's two batched matmuls: ``q [N, L, D]``,
+# ``k [N, L, D]``, ``v [N, L, Dv]`` -> ``[N, L, Dv]`` (``N`` = batch x heads, batch-major), with
+#
+#     y[n, t] = sum_{s in S(t)} softmax_s(scale * q[n, t] . k[n, s] - m[n % H] * (t - s)) v[n, s]
+#
+# where ``S(t) = {s : 0 <= t - s < window}`` (``window`` 0: ``0 <= s <= t``) and ``m`` the ALiBi
+# slopes (``slopes`` of length ``H``, None: no bias). Its streaming form is two stateful ops on a
+# KV cache per attention layer (``kcache [N / g, S, D]``, ``vcache [N / g, S, Dv]``, ``S`` =
+# max_len, or the window: a ring, slot ``t % S`` holds position ``t``; ``g = kv_group``: rows of
+# ``k`` and ``v`` repeated in blocks of ``g`` (grouped-query heads) are kept once); implementations
+# in :mod:`lcsm_compile.runtime.kv_cache`:
+#
+# * ``kv_attend(q [N, 1, D], k, v, kcache!, vcache!, pos [1], scale, window, slopes?, kv_group)
+#   -> [N, 1, Dv]``: writes position ``pos``'s keys/values to its slot and attends over ``S(pos)``;
+# * ``kv_prefill(q [N, P, D], k, v, kcache!, vcache!, scale, window, slopes?, kv_group) -> [N, P, Dv]``:
+#   the prompt's attention from position 0, its keys/values written to the cache.
+
+
+def causal_attention_math(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int = 0,
+                          slopes: Optional[list] = None, block: int = 1024) -> torch.Tensor:
+    """The math of ``lcsm::causal_attention`` (see the block comment above): computed in fp32
+    (fp64 for fp64 inputs) by ``F.scaled_dot_product_attention``, query rows in blocks of
+    ``block`` when a window or a bias needs an explicit mask; returned in ``v``'s dtype."""
+    N, L, _ = q.shape
+    cd = compute_dtype(q.dtype)
+    qq, kk, vv = q.to(cd), k.to(cd), v.to(cd)
+    if L == 0:
+        return v.new_empty(N, 0, v.shape[-1])
+    if not window and not slopes:
+        return F.scaled_dot_product_attention(qq, kk, vv, is_causal=True, scale=scale).to(v.dtype)
+    m = None
+    if slopes:
+        sl = torch.tensor(list(slopes), dtype=cd, device=q.device)
+        m = sl[torch.arange(N, device=q.device) % sl.numel()][:, None, None]
+    out = []
+    for t0 in range(0, L, block):
+        t1 = min(L, t0 + block)
+        s0 = max(0, t0 - window + 1) if window else 0
+        dist = (torch.arange(t0, t1, device=q.device)[:, None] - torch.arange(s0, t1, device=q.device)[None, :])
+        keep = dist >= 0
+        if window:
+            keep &= dist < window
+        bias = torch.zeros(dist.shape, dtype=cd, device=q.device).masked_fill(~keep, float("-inf"))
+        if m is not None:
+            bias = bias - m * dist.to(cd)
+        out.append(F.scaled_dot_product_attention(qq[:, t0:t1], kk[:, s0:t1], vv[:, s0:t1], attn_mask=bias,
+                                                  scale=scale))
+    return torch.cat(out, 1).to(v.dtype)
+
+
+@torch.library.custom_op("lcsm::causal_attention", mutates_args=())
+def causal_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float, window: int,
+                     slopes: Optional[List[float]]) -> torch.Tensor:
+    """Causal softmax attention with an optional sliding window and ALiBi slopes (see above)."""
+    return causal_attention_math(q, k, v, scale, window, slopes).contiguous()
+
+
+@causal_attention.register_fake
+def _causal_attention_fake(q, k, v, scale, window, slopes):
+    return v.new_empty((*q.shape[:-1], v.shape[-1]))
+
+
+_LIB.define("kv_attend(Tensor q, Tensor k, Tensor v, Tensor(a!) kcache, Tensor(b!) vcache, Tensor pos, "
+            "float scale, int window, float[]? slopes, int kv_group) -> Tensor")
+_LIB.define("kv_prefill(Tensor q, Tensor k, Tensor v, Tensor(a!) kcache, Tensor(b!) vcache, float scale, "
+            "int window, float[]? slopes, int kv_group) -> Tensor")
+
+
+def _fake_attend(q, k, v, *args):
+    return q.new_empty((*q.shape[:-1], v.shape[-1]))
+
+
+for _name in ("kv_attend", "kv_prefill"):
+    torch.library.register_fake(f"lcsm::{_name}", _fake_attend, lib=_LIB)
+
+__all__ += ["causal_attention", "causal_attention_math"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Modal long convolutions (docs/streaming.md, "Modal filters"): a filter
+# ``k[c, t] = Re(sum_n r[c, n] p[c, n] ** t)`` streams as the recurrence ``x_t = p x_{t-1} + u_t``,
+# ``y_t = Re(sum_n r_n x_t[n])``. State ``state [2, B, C, N, 2]`` (fp64, complex as real pairs;
+# two slots by position parity: step ``t`` reads slot ``(t - 1) % 2`` and writes slot ``t % 2``,
+# so a step retried at the same position recomputes the same state: nothing to roll back);
+# ``poles``, ``residues`` ``[C, N, 2]`` (fp64). Implementations in :mod:`lcsm_compile.runtime.modal`:
+#
+# * ``modal_step(u [B, C], state!, poles, residues, pos [1]) -> y [B, C]``;
+# * ``modal_prefill(u [B, C, P], state!, poles, residues) -> y [B, C, P]`` (from position 0: the
+#   outputs by one FFT convolution with ``h[:P]`` regenerated from the poles and residues, the
+#   state at the prompt's end by a chunked Vandermonde sum).
+
+_LIB.define("modal_step(Tensor u, Tensor(a!) state, Tensor poles, Tensor residues, Tensor pos) -> Tensor")
+_LIB.define("modal_prefill(Tensor u, Tensor(a!) state, Tensor poles, Tensor residues) -> Tensor")
+for _name in ("modal_step", "modal_prefill"):
+    torch.library.register_fake(f"lcsm::{_name}", _fake_like_u, lib=_LIB)

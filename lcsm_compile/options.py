@@ -15,17 +15,21 @@ __all__ = ["SESSION_OPTIONS", "BACKEND_OPTIONS", "check_options", "KERNELS", "DE
 #: the environment variable that gives ``debug_dir`` its default
 DEBUG_DIR_ENV = "LCSM_DEBUG_DIR"
 
-#: the ``kernels`` values this version has
-KERNELS = ("auto", "torch")
+#: the ``kernels`` values: "auto" (Triton on CUDA, native C on the CPU, else torch ops), "torch"
+#: (the torch twins), "native" (the C kernels, CPU), "triton" (the emitted Triton kernels: CUDA,
+#: or the CPU under TRITON_INTERPRET=1); see lcsm_compile.codegen.select_kernels
+KERNELS = ("auto", "torch", "native", "triton")
 
 #: options of ``session``/``generate`` with their defaults
 SESSION_OPTIONS: Dict[str, Any] = {
-    "kernels": "auto",          # "auto": native CPU kernels where they build, else torch; "torch"
+    "kernels": "auto",          # "auto" | "torch" | "native" | "triton" (KERNELS)
     "compile_step": "auto",     # compile the step program with Inductor: True | False | "auto" (long sessions)
     "debug_dir": None,          # write each compiler stage's graph there (None: $LCSM_DEBUG_DIR)
     "engine": "online",         # "online" | "lazy" | "eager" | "none" (benchmark baselines)
     "engine_options": None,     # e.g. {"block": 16}
     "threads": 1,               # intra-op threads of a step (None: torch's setting), restored after
+    "modal": "auto",            # "auto": verified modal filters stream as recurrences; False: all online
+    "memory_check": True,       # refuse a session whose predicted peak does not fit in memory (docs/memory.md)
 }
 
 #: options of ``torch.compile(..., backend="lcsm", options=...)``
@@ -38,7 +42,7 @@ BACKEND_OPTIONS: Dict[str, Any] = {
     # the sessions of streamed calls: max_len caps them (None: grow by doubling), the rest as for
     # session()
     "max_len": None, "kernels": "auto", "compile_step": False, "engine": "online", "engine_options": None,
-    "threads": 1,
+    "threads": 1, "modal": "auto", "memory_check": True,
 }
 
 

@@ -54,6 +54,9 @@ from .passes.common import LONG_CONV, SHORT_CONV, probe_threads
 from .passes.describe import conv_records, refusals_of, region_reasons
 from .passes.fold_filters import Folded, fold_filters
 from .passes.groups import GroupPlan, plan_groups, record_shapes
+from .passes.modal import ModalPlan, modal_plan, without_members
+from .passes.match_attention import (ATTENTION, args_at_length, attention_records, match_attention,
+                                     rewrite_attention, verify_attention)
 from .passes.match_long_conv import match_long_convs, match_scans
 from .passes.match_short_conv import match_conv_regions
 from .passes.region import Region
@@ -66,7 +69,7 @@ from .report import ConvRecord, Refusal
 
 __all__ = ["Stage", "run_stages", "LOWER", "FRONTEND", "PLAN", "Lowered", "ProgramPlan", "lower",
            "plan", "frontend_state", "max_length", "trace_artifact", "plan_summary", "stage_graphs",
-           "refusal_dict"]
+           "refusal_dict", "decide_modal"]
 
 log = logging.getLogger("lcsm_compile")
 
@@ -260,6 +263,11 @@ class Lowered:
     def scans(self) -> List[ConvRecord]:
         return [r for r in self.records if r.kind == "scan"]
 
+    @property
+    def attention(self) -> list:
+        """The verified causal attention layers (:class:`~lcsm_compile.report.AttentionRecord`)."""
+        return [r for r in self.records if r.kind == "attention"]
+
     # views of the capture
     @property
     def input_kind(self) -> str:
@@ -357,25 +365,38 @@ def _analyze(s: Lowered) -> Lowered:
 def _match(s: Lowered) -> Lowered:
     gm, ta, dep = s.captured.gm, s.ta, set(s.data_dep)
     regions = match_long_convs(gm, ta, dep) + match_conv_regions(gm, ta, dep) + match_scans(gm, ta, dep)
+    regions += match_attention(gm, ta, dep)
     return dataclasses.replace(s, regions=tuple(regions))
 
 
+def _split_attention(regions) -> Tuple[list, list]:
+    """``(convolution regions, attention regions)``: each kind has its own verify and rewrite."""
+    return [r for r in regions if r.kind != "attention"], [r for r in regions if r.kind == "attention"]
+
+
 def _verify(s: Lowered) -> Lowered:
-    regions = verify_regions(s.captured.gm, s.regions, s.ta, s.make_args, s.probe_lengths)
+    conv, attn = _split_attention(s.regions)
+    regions = verify_regions(s.captured.gm, conv, s.ta, s.make_args, s.probe_lengths) + \
+        verify_attention(s.captured.gm, attn, s.ta, args_at_length(s.make_args, s.captured.gm, s.captured.data_inputs,
+                                                                    s.captured.time_dims), s.probe_lengths,
+                         set(s.data_dep))
     return dataclasses.replace(s, regions=tuple(regions))
 
 
 def _rewrite(s: Lowered) -> Lowered:
     cap = s.captured
     data0 = cap.data_inputs[0].name
-    gm, regions = rewrite_regions(cap.gm, s.regions, s.ta, data0, cap.time_dims[data0], cap.fake_mode)
-    return dataclasses.replace(s, gm=gm, regions=tuple(regions))
+    conv, attn = _split_attention(s.regions)
+    gm, regions = rewrite_regions(cap.gm, conv, s.ta, data0, cap.time_dims[data0], cap.fake_mode)
+    gm, attn = rewrite_attention(gm, attn, cap.fake_mode)
+    return dataclasses.replace(s, gm=gm, regions=tuple(regions) + tuple(attn))
 
 
 def _classify(s: Lowered) -> Lowered:
     names = [p.name for p in s.captured.data_inputs]
     analysis = classify(s.gm, s.ta, names, region_reasons(s.regions))
-    records = conv_records(s.gm, s.regions, s.ta, set(s.data_dep))
+    conv, attn = _split_attention(s.regions)
+    records = conv_records(s.gm, conv, s.ta, set(s.data_dep)) + attention_records(s.gm, attn, s.ta)
     return dataclasses.replace(s, analysis=analysis, records=tuple(records),
                                refusals=tuple(s.refusals) + tuple(refusals_of(s.gm, analysis)))
 
@@ -499,6 +520,11 @@ class ProgramPlan:
     refusals: Tuple[Refusal, ...] = ()
     halted: bool = False
     stage_times: Dict[str, float] = dataclasses.field(default_factory=dict)
+    #: the ``modal`` option ("auto" | False) and what the fold stage decided: which long
+    #: convolutions stream as verified modal recurrences (:mod:`lcsm_compile.passes.modal`;
+    #: their filters are not folded and they are in no group)
+    modal_option: Any = "auto"
+    modal: Optional[ModalPlan] = None
 
     @property
     def stage_graph(self) -> Optional[fx.GraphModule]:
@@ -513,13 +539,34 @@ def _plan_input(p: ProgramPlan, L: int, batch: Optional[int] = 1) -> torch.Tenso
 
 
 def _fold(p: ProgramPlan) -> ProgramPlan:
+    """Modal filters (verified sums of exponentials, :mod:`lcsm_compile.passes.modal`) become
+    poles and residues; every other time-invariant value is folded at ``max_len``."""
     low = p.lowered
     lo = max(2, low.valid_range[0])
+    mp = p.modal
+    if mp is None or mp.max_len != p.max_len or mp.option != p.modal_option:
+        mp = decide_modal(low, p.max_len, p.batch_size, p.modal_option)
     with probe_threads():
         folded = fold_filters(low.gm, low.analysis, lambda L: _plan_input(p, L), p.max_len,
-                              check_lengths=sorted({lo, lo + 1, lo + 5, max(lo, p.max_len // 3)}))
-    return dataclasses.replace(p, folded=folded, refusals=p.refusals + tuple(folded.refusals),
+                              check_lengths=sorted({lo, lo + 1, lo + 5, max(lo, p.max_len // 3)}),
+                              skip=tuple(mp.filters))
+    return dataclasses.replace(p, folded=folded, modal=mp, refusals=p.refusals + tuple(folded.refusals),
                                halted=bool(folded.refusals))
+
+
+def decide_modal(low: Lowered, max_len: int, batch_size: int = 1, option: Any = "auto") -> ModalPlan:
+    """The fold stage's first step alone: which long convolutions of ``low`` stream as verified
+    modal recurrences at ``max_len`` (:func:`lcsm_compile.passes.modal.modal_plan`); ``plan(...,
+    modal=<this>)`` reuses it (a session checks the fold's memory with it first)."""
+    p = ProgramPlan(lowered=low, max_len=int(max_len), batch_size=int(batch_size), modal_option=option)
+    with probe_threads():
+        return modal_plan(low.gm, low.ta, lambda L: _plan_input(p, L), p.max_len, option)
+
+
+def _fold_notes(p: ProgramPlan) -> str:
+    if p.modal is None:
+        return ""
+    return "\n".join(f"{c.node}: {c.path}: {c.reason}" for c in p.modal.paths.values())
 
 
 def _shapes(p: ProgramPlan) -> ProgramPlan:
@@ -529,16 +576,20 @@ def _shapes(p: ProgramPlan) -> ProgramPlan:
 
 
 def _groups(p: ProgramPlan) -> ProgramPlan:
-    return dataclasses.replace(p, groups=plan_groups(p.lowered.gm, p.shapes))
+    groups = plan_groups(p.lowered.gm, p.shapes)
+    if p.modal is not None:  # the modal convolutions run as recurrences, not in an engine's group
+        groups = without_members(groups, p.modal.filters)
+    return dataclasses.replace(p, groups=groups)
 
 
 def _programs(p: ProgramPlan) -> ProgramPlan:
     short = []
-    mixers = [n.name for n in p.lowered.gm.graph.nodes if n.target in (LONG_CONV, SHORT_CONV)]
+    slotted = (LONG_CONV, SHORT_CONV, ATTENTION)  # the ops that become slots (attention: its KV cache)
+    mixers = [n.name for n in p.lowered.gm.graph.nodes if n.target in slotted]
     for hi, piece in p.short_pieces:
-        names = [n.name for n in piece.gm.graph.nodes if n.target in (LONG_CONV, SHORT_CONV)]
-        kinds = [n.target for n in piece.gm.graph.nodes if n.target in (LONG_CONV, SHORT_CONV)]
-        want = [n.target for n in p.lowered.gm.graph.nodes if n.target in (LONG_CONV, SHORT_CONV)]
+        names = [n.name for n in piece.gm.graph.nodes if n.target in slotted]
+        kinds = [n.target for n in piece.gm.graph.nodes if n.target in slotted]
+        want = [n.target for n in p.lowered.gm.graph.nodes if n.target in slotted]
         if kinds != want:
             return dataclasses.replace(p, halted=True, refusals=p.refusals + (Refusal(
                 "capture", None, f"the model's graph for lengths <= {hi} has other convolutions than "
@@ -568,6 +619,8 @@ def plan_summary(p: ProgramPlan) -> Dict[str, Any]:
         "long_convs": [m for m, k in mixers.items() if k == "long"],
         "short_convs": [m for m, k in mixers.items() if k == "short"],
         "short_pieces": [hi for hi, _ in p.short_pieces],
+        "modal": {c.node: {"path": c.path, "reason": c.reason} for c in p.modal.paths.values()}
+        if p.modal is not None else {},
         "refusals": [refusal_dict(r) for r in p.refusals],
         "stage_times": {k: round(v, 6) for k, v in p.stage_times.items()},
     }
@@ -575,7 +628,7 @@ def plan_summary(p: ProgramPlan) -> Dict[str, Any]:
 
 #: the stages of :func:`plan`
 PLAN: Tuple[Stage, ...] = (
-    Stage("fold", _fold),
+    Stage("fold", _fold, _fold_notes),
     Stage("shapes", _shapes),
     Stage("groups", _groups, _group_notes),
     Stage("programs", _programs),
@@ -583,12 +636,15 @@ PLAN: Tuple[Stage, ...] = (
 
 
 def plan(lowered: Lowered, max_len: int, batch_size: int, *, short_pieces: Sequence[Tuple[int, Lowered]] = (),
-         debug_dir: Optional[str] = None, until: Optional[str] = None) -> ProgramPlan:
+         debug_dir: Optional[str] = None, until: Optional[str] = None, modal: Any = "auto") -> ProgramPlan:
     """Plan the streaming program of a streamable lowered model (module doc): run :data:`PLAN`.
     ``short_pieces``: ``(hi, Lowered)`` graphs for lengths ``<= hi`` (see :class:`ProgramPlan`).
-    Never raises for an unsupported model: ``refusals`` says why."""
+    ``modal``: "auto" (verified modal filters stream as recurrences) or False (every long
+    convolution on the online engine), or the :func:`decide_modal` result to use. Never raises
+    for an unsupported model: ``refusals`` says why."""
     if not lowered.streamable:
         raise ValueError("plan() needs a streamable Lowered (check lowered.refusals first)")
+    pre = modal if isinstance(modal, ModalPlan) else None
     state = ProgramPlan(lowered=lowered, max_len=int(max_len), batch_size=int(batch_size),
-                        short_pieces=tuple(short_pieces))
+                        short_pieces=tuple(short_pieces), modal_option=pre.option if pre else modal, modal=pre)
     return run_stages(state, PLAN, until=until, debug_dir=debug_dir)

@@ -18,7 +18,7 @@ from typing import Any, List, Optional, Sequence
 
 from .errors import UnsupportedModelError
 
-__all__ = ["ConvRecord", "Refusal", "GraphReport", "Explanation", "refusal_error"]
+__all__ = ["ConvRecord", "AttentionRecord", "Refusal", "GraphReport", "Explanation", "refusal_error"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,6 +45,54 @@ class ConvRecord:
     fft_size: Optional[str]
     verified: str
     max_err: Optional[float] = None
+
+
+@dataclasses.dataclass(frozen=True)
+class AttentionRecord:
+    """One matched and verified causal attention layer (what ``explain`` prints), streamed with
+    a KV cache (docs/frontend.md, "Attention").
+
+    ``op``/``source``/``code``: the softmax and the user's line. ``q_shape`` / ``k_shape`` /
+    ``v_shape``: the operands of its matmuls (``[N, L, D]``, ``[N, D, L]``, ``[N, L, Dv]``, ``N``
+    = batch x heads). ``heads``: rows of ``N`` per batch row (query heads); ``kv_heads``: the
+    key/value heads the cache keeps. ``scale``, ``window`` (0: none), ``slopes`` (ALiBi; None: no
+    bias): the spec extracted by the probes. ``itemsize``: bytes per cached value.
+    """
+
+    kind: str
+    node: str
+    op: str
+    source: Optional[str]
+    code: Optional[str]
+    q_shape: str
+    k_shape: str
+    v_shape: str
+    heads: int
+    head_dim: int
+    v_dim: int
+    scale: float
+    window: int
+    slopes: Optional[tuple]
+    itemsize: int
+    verified: str
+    max_err: Optional[float] = None
+    #: kv heads the cache keeps per batch row: ``heads / g`` for grouped-query heads (groups of
+    #: ``g`` query heads sharing one key/value head, found by the probes), else ``heads``
+    kv_heads: Optional[int] = None
+
+    def cache_positions(self, max_len: int) -> int:
+        """Positions the KV cache holds: ``max_len``, or the window (a ring)."""
+        return min(max_len, self.window) if self.window else max_len
+
+    def cache_bytes(self, batch: int, max_len: int) -> int:
+        """Bytes of this layer's KV cache: ``batch * kv_heads * positions * (D + Dv) * itemsize``."""
+        return batch * (self.kv_heads or self.heads) * self.cache_positions(max_len) * \
+            (self.head_dim + self.v_dim) * self.itemsize
+
+    def cache_formula(self) -> str:
+        """The cache size as a formula in ``B`` and ``max_len``."""
+        pos = f"min(max_len, {self.window})" if self.window else "max_len"
+        return f"B x {self.kv_heads or self.heads} x {pos} x ({self.head_dim} + {self.v_dim}) x {self.itemsize} bytes"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -113,6 +161,17 @@ class Explanation:
     valid_range: tuple = (1, None)
     stage_times: dict = dataclasses.field(default_factory=dict)
     lowered: Optional[Any] = dataclasses.field(default=None, repr=False)
+    #: causal attention layers, streamed with a KV cache each (:class:`AttentionRecord`); the batch
+    #: and ``max_len`` their cache sizes are printed for (``max_len`` None: the formula only)
+    attention: List[AttentionRecord] = dataclasses.field(default_factory=list)
+    batch_size: int = 1
+    max_len: Optional[int] = None
+    #: how each long convolution streams (node -> :class:`lcsm_compile.passes.modal.ConvPath`:
+    #: ``path`` "modal" (an exact recurrence) or "online" (the online engine), and why)
+    conv_paths: dict = dataclasses.field(default_factory=dict)
+    #: the session's memory by part (``lcsm_compile.runtime.memory``): a report at ``max_len`` when
+    #: given, else the formulas in B, C and ``max_len``; None for a model that does not stream
+    memory: Optional[Any] = None
 
     def errors(self):
         """Every refusal as an :class:`lcsm_compile.UnsupportedModelError`."""
@@ -151,6 +210,12 @@ class Explanation:
                           f"{r.u_shape}\n{r.layout}", r.k_shape, r.fft_size or "-", r.filter_origin,
                           r.verified)
             con.print(t)
+        if self.conv_paths:
+            con.print(self._paths_table())
+        if self.attention:
+            con.print(self._attention_table())
+        if self.memory is not None:  # the memory model (lcsm_compile/runtime/memory.py)
+            con.print(str(self.memory), highlight=False, markup=False)
         if self.refusals:
             t = Table(title="refusals", expand=False)
             for col in ("op", "source", "reason"):
@@ -167,6 +232,37 @@ class Explanation:
                 t.add_row(str(i), mem, str(g.channels), str(g.batch), str(g.dtype).replace("torch.", ""))
             con.print(t)
         return buf.getvalue().rstrip() + "\n"
+
+    def _paths_table(self):
+        """How each long convolution streams (modal recurrence or online engine) and why."""
+        from rich.table import Table
+
+        t = Table(title="long convolutions: streaming path", expand=False)
+        for col in ("node", "source", "path", "why"):
+            t.add_column(col, overflow="fold")
+        for c in self.conv_paths.values():
+            t.add_row(c.node, (c.source or "?") + (f"\n{c.code}" if c.code else ""), c.path, c.reason)
+        return t
+
+    def _attention_table(self):
+        """The attention layers and their KV caches, as a rich table."""
+        from rich.table import Table
+
+        t = Table(title="causal attention layers (streamed with a KV cache each)", expand=False)
+        for col in ("op", "source", "q / k^T / v", "heads x dim", "spec", "KV cache", "verification"):
+            t.add_column(col, overflow="fold")
+        for a in self.attention:
+            size = a.cache_formula()
+            if self.max_len:
+                size += f"\n= {a.cache_bytes(self.batch_size, self.max_len):,} bytes at B={self.batch_size}, " \
+                        f"max_len={self.max_len}"
+            bias = ("ALiBi slopes " + ", ".join(f"{m:.3g}" for m in a.slopes)) if a.slopes else "no bias"
+            kvh = f" ({a.kv_heads} kv)" if a.kv_heads and a.kv_heads != a.heads else ""
+            t.add_row(a.op, (a.source or "?") + (f"\n{a.code}" if a.code else ""),
+                      f"{a.q_shape}\n{a.k_shape}\n{a.v_shape}", f"{a.heads}{kvh} x {a.head_dim}",
+                      f"scale {a.scale:.4g}\n{'window ' + str(a.window) if a.window else 'no window'}\n{bias}",
+                      size, a.verified)
+        return t
 
     def __repr__(self) -> str:
         return (f"Explanation(streamable={self.streamable}, long_convs={len(self.long_convs)}, "

@@ -4,7 +4,8 @@
   program) as Graphviz DOT text, the convolutions highlighted: ``lcsm::long_conv`` (and the
   stateful long-conv calls of the programs) red, ``lcsm::short_conv`` (and the ring buffers)
   orange, any other ``lcsm::`` op yellow. :func:`write_dot` renders it with the ``dot`` binary
-  to ``.svg``/``.png``/``.pdf`` when Graphviz is installed, else writes the DOT text and says so.
+  to ``.svg``/``.png``/``.pdf`` when Graphviz is installed, else draws it with matplotlib
+  (:func:`graph_figure`, a layered networkx layout) beside the DOT text and says so.
 * :func:`tiling_pieces`: the (input ``s``, output ``t``) pairs of one long convolution as the
   schedule of :mod:`lcsm_compile.runtime.schedule` computes them (prefill, red cells, immediate
   and delayed tiles), each piece with the step(s) that compute it; :func:`tiling_figure` draws
@@ -27,7 +28,7 @@ from typing import Any, Dict, Iterable, List, Mapping, NamedTuple, Optional, Tup
 from .errors import LcsmError
 from .runtime import schedule as sched
 
-__all__ = ["graph_dot", "write_dot", "mixer_kind", "Piece", "tiling_pieces", "pairs_of", "tiling_figure",
+__all__ = ["graph_dot", "write_dot", "graph_figure", "mixer_kind", "Piece", "tiling_pieces", "pairs_of", "tiling_figure",
            "VisualizationUnavailable", "DOT_FORMATS"]
 
 #: output formats :func:`write_dot` renders with the Graphviz ``dot`` binary
@@ -163,8 +164,13 @@ def write_dot(gm: Any, path: str, title: Optional[str] = None, mixers: Optional[
     if dot is None:
         dot_path = root + ".dot"
         _write(dot_path, text)
-        return (f"graphviz `dot` not found: wrote the DOT text to {dot_path} instead of {path} "
-                f"(install graphviz, or render it with `dot -T{fmt} {dot_path} -o {path}`)")
+        try:
+            graph_figure(gm, path, title, mixers)
+        except VisualizationUnavailable:
+            return (f"graphviz `dot` not found: wrote the DOT text to {dot_path} instead of {path} "
+                    f"(install graphviz, or render it with `dot -T{fmt} {dot_path} -o {path}`)")
+        return (f"graphviz `dot` not found: drew {path} with matplotlib (a simpler layered layout) and wrote "
+                f"the DOT text to {dot_path} (install graphviz for its layout: `dot -T{fmt} {dot_path} -o {path}`)")
     d = os.path.dirname(os.path.abspath(path))
     os.makedirs(d, exist_ok=True)
     res = subprocess.run([dot, f"-T{fmt}", "-o", path], input=text.encode(), capture_output=True, timeout=120)
@@ -174,6 +180,81 @@ def write_dot(gm: Any, path: str, title: Optional[str] = None, mixers: Optional[
         err = res.stderr.decode(errors="replace").strip().splitlines()
         return f"graphviz `dot` failed ({err[-1] if err else res.returncode}): wrote the DOT text to {dot_path}"
     return f"wrote {path} (graphviz dot)"
+
+
+def graph_figure(gm: Any, path: Optional[str] = None, title: Optional[str] = None,
+                 mixers: Optional[Mapping[str, str]] = None):
+    """The FX graph of ``gm`` drawn with matplotlib (no Graphviz needed), written to ``path``
+    when given (``.png``/``.svg``/``.pdf``); returns the ``Figure``.
+
+    The same content as :func:`graph_dot` in a simpler layout: one row per topological
+    generation of the use graph (networkx), data flowing down, one box per node; the
+    convolution nodes (:func:`mixer_kind`) filled in their colours and labelled with their op,
+    inputs and output blue; other nodes small grey boxes with their op name. Raises
+    :class:`VisualizationUnavailable` without matplotlib."""
+    import networkx as nx
+
+    graph = getattr(gm, "graph", gm)
+    nodes = list(graph.nodes)
+    g = nx.DiGraph()
+    g.add_nodes_from(range(len(nodes)))
+    idx = {n: i for i, n in enumerate(nodes)}
+    for n in nodes:
+        for a in n.all_input_nodes:
+            if a in idx:
+                g.add_edge(idx[a], idx[n])
+    level = {}
+    for depth, gen in enumerate(nx.topological_generations(g)):
+        for i in gen:
+            level[i] = depth
+    for i in g.nodes:  # weights and constants sit just above their first use, not all in row 0
+        if g.in_degree(i) == 0 and g.out_degree(i) > 0 and nodes[i].op != "placeholder" or \
+                nodes[i].op == "placeholder" and g.out_degree(i) > 0 and i != 0:
+            level[i] = max(0, min(level[u] for u in g.successors(i)) - 1)
+    rows = [[] for _ in range(max(level.values(), default=0) + 1)]
+    for i in sorted(level):
+        rows[level[i]].append(i)
+    rows = [r for r in rows if r]
+    width = max((len(r) for r in rows), default=1)
+    pos = {}
+    for y, row in enumerate(rows):
+        for j, i in enumerate(row):
+            pos[i] = ((j + 0.5) * width / len(row), -y)
+    fig = _pyplot_free_figure((min(4 + 1.6 * width, 24), min(2 + 0.42 * len(rows), 60)))
+    ax = fig.add_subplot(1, 1, 1)
+    for a, b in g.edges:
+        (x0, y0), (x1, y1) = pos[a], pos[b]
+        ax.annotate("", xy=(x1, y1 + 0.18), xytext=(x0, y0 - 0.18),
+                    arrowprops=dict(arrowstyle="-|>", color="#888888", lw=0.5, shrinkA=0, shrinkB=0))
+    counts = {"long": 0, "short": 0, "lcsm": 0}
+    for i, n in enumerate(nodes):
+        kind = mixer_kind(n, mixers)
+        x, y = pos[i]
+        if kind is not None:
+            counts[kind] += 1
+            ax.text(x, y, f"{_target_name(n)}\n{_shape(n)}".strip(), ha="center", va="center", fontsize=8,
+                    fontweight="bold", bbox=dict(boxstyle="round,pad=0.3", fc=_COLORS[kind], ec="black", lw=1.5))
+        elif n.op in ("placeholder", "output"):
+            label = f"input {n.name}" if n.op == "placeholder" else "output"
+            ax.text(x, y, label, ha="center", va="center", fontsize=7,
+                    bbox=dict(boxstyle="round,pad=0.3", fc="#c6dbef", ec="#555555", lw=0.6))
+        else:
+            name = n.name if n.op == "get_attr" else _target_name(n).replace("aten::", "")
+            ax.text(x, y, name[:28], ha="center", va="center", fontsize=5.5, color="#333333",
+                    bbox=dict(boxstyle="round,pad=0.2", fc="#f4f4f4", ec="#bbbbbb", lw=0.4))
+    ax.set_xlim(-0.2, width + 0.2)
+    ax.set_ylim(-len(rows) + 0.4, 0.6)
+    ax.axis("off")
+    legend = ", ".join(f"{v} {'long conv' if k == 'long' else 'short conv' if k == 'short' else 'other lcsm op'}"
+                       f"{'s' if v != 1 else ''} ({'red' if k == 'long' else 'orange' if k == 'short' else 'yellow'})"
+                       for k, v in counts.items() if v)
+    ax.set_title((title or "lcsm graph") + (f"\n{legend}" if legend else ""), fontsize=10)
+    fig.tight_layout()
+    if path is not None:
+        d = os.path.dirname(os.path.abspath(path))
+        os.makedirs(d, exist_ok=True)
+        fig.savefig(path, dpi=80)
+    return fig
 
 
 def _write(path: str, text: str) -> None:
@@ -245,7 +326,7 @@ def _pyplot_free_figure(figsize):
         from matplotlib.figure import Figure
     except ImportError as e:
         raise VisualizationUnavailable(
-            f"the tiling picture needs matplotlib, which is not installed ({e}); "
+            f"pictures need matplotlib, which is not installed ({e}); "
             f"install it with `pip install matplotlib` (or `pip install lcsm-compile[viz]`)") from None
     fig = Figure(figsize=figsize)
     FigureCanvasAgg(fig)  # the Agg backend: no display, no global pyplot state

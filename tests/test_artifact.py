@@ -166,3 +166,37 @@ def test_bad_files_are_clear_errors(tmp_path):
         with pytest.raises(ArtifactError) as ei:
             lcsm_compile.load(path)
         assert says in str(ei.value), (what, str(ei.value))
+
+
+def test_aot_step_program_streams_like_the_plain_one(tmp_path, monkeypatch):
+    """``export(..., aot=True)``: the step program compiled by AOTInductor (the lcsm ops called
+    from the shared library) streams like the plain loaded program (to float rounding: Inductor
+    fuses); ``load(aot=False)`` ignores it; a package for another platform falls back with the
+    reason, and ``aot=True`` makes that an error; an artifact without one refuses ``aot=True``."""
+    torch.manual_seed(0)
+    model = _TinyLM(n=48).eval()
+    x = torch.randint(0, 24, (1, 30))
+    path = str(tmp_path / "aot.lcsm")
+    lcsm_compile.export(model, x[:, :4], max_len=48, path=path, aot=True)
+    fast, plain = lcsm_compile.load(path), lcsm_compile.load(path, aot=False)
+    sf, sp = fast.session(1), plain.session(1)
+    assert "AOTInductor" in sf.kernel_note and "AOTInductor" not in sp.kernel_note
+    assert "AOTInductor step program: b1_step.aoti.pt2" in str(fast.explain())
+    got, want = _teacher(sf, x, 5), _teacher(sp, x, 5)
+    with torch.no_grad():
+        ref = model(x)
+    for g, w, r in zip(got, want, ref):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(g, r, rtol=1e-4, atol=1e-4)
+    from lcsm_compile import artifact
+
+    monkeypatch.setattr(artifact, "_platform", lambda: "Other-arch")
+    other = lcsm_compile.load(path)
+    assert "AOTInductor" not in other.session(1).kernel_note
+    with pytest.raises(ArtifactError, match="built on Linux"):
+        lcsm_compile.load(path, aot=True)
+    monkeypatch.undo()
+    bare = str(tmp_path / "bare.lcsm")
+    lcsm_compile.export(model, x[:, :4], max_len=48, path=bare)
+    with pytest.raises(ArtifactError, match="exported without aot=True"):
+        lcsm_compile.load(bare, aot=True)

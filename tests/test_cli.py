@@ -149,3 +149,16 @@ def test_export_then_explain_and_inspect_the_artifact(capsys, tmp_path):
     assert rc == 2 and err.count("\n") == 1 and "not an lcsm artifact" in err
     rc, out, err = _main(capsys, "export", FACTORY, "-o", out_file, "--batch-sizes", "x")
     assert rc == 2 and "--batch-sizes" in err
+
+
+def test_demo_end_to_end_is_exact_and_compares_speeds(capsys):
+    """``lcsm demo`` at a tiny size: generates, checks exactness, and prints one speed line with
+    the caching baseline and recompute ratios."""
+    rc = cli.main(["demo", "--layers", "1", "--d-model", "16", "--prompt", "3", "--new-tokens", "24",
+               "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 0 and out.rstrip().endswith("OK"), out
+    speed = [ln for ln in out.splitlines() if ln.startswith("speed per token")]
+    assert len(speed) == 1 and "best caching baseline (" in speed[0] and "recomputing the forward" in speed[0]
+    err = float(out.split("positions = ")[1].split()[0])
+    assert err < 1e-4

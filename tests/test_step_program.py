@@ -82,12 +82,17 @@ def test_step_program_is_one_graph_of_lcsm_ops():
     assert not any(callable(t) and type(t).__name__ == "Slot" for t in step + pre)
     # the state is the programs' buffers: the engines' own tensors
     eng = prog.engines[0]
-    assert prog.step_gm.g0_hist is eng.hist and prog.prefill_gm.g0_acc is eng.acc
+    assert prog.step_gm.g0_hist is eng.hist and prog.prefill_gm.g0_acc is eng.state_tensors()["acc"]
 
 
-@pytest.mark.parametrize("e", STREAMABLE, ids=[e.name for e in STREAMABLE])
+#: every other zoo model (the CI's 20-minute budget; the capture dominates each case): the
+#: models whose stateful ops differ (modal recurrences, KV caches) are in, whatever their index
+FULLGRAPH = [e for i, e in enumerate(STREAMABLE) if i % 2 == 0 or {"modal", "attention"} & set(e.tags)]
+
+
+@pytest.mark.parametrize("e", FULLGRAPH, ids=[e.name for e in FULLGRAPH])
 def test_fullgraph_compiled_step_teacher_forcing(e):
-    """Every example model: ``torch.compile(step, fullgraph=True)`` (aot_eager: the whole
+    """Example models: ``torch.compile(step, fullgraph=True)`` (aot_eager: the whole
     functionalization with the ops' mutations) streams exactly like the model's forward."""
     model = e.build()
     x = e.make_input(2, 29)
@@ -98,7 +103,7 @@ def test_fullgraph_compiled_step_teacher_forcing(e):
     fn = torch.compile(sess.program.step_gm, backend="aot_eager", fullgraph=True, dynamic=False)
     rest = _steps(fn, x, P)
     got = [torch.cat([a, b], 1) for a, b in zip(first, rest)]
-    assert sess.program.engines[0].position == x.shape[1]
+    assert all(e.position == x.shape[1] for e in sess.program.engines)  # (modal filters: no engine)
     assert_golden(got, ref, golden_forward(model, x), what=e.name)
 
 
@@ -236,10 +241,10 @@ def test_state_tensors_are_the_programs_buffers_and_resume_exactly():
     x = torch.randint(0, 32, (2, 50))
     with torch.no_grad():
         ref = tensors(model(x))
-    a = lcsm_compile.session(model, x[:, :6], max_len=64)
+    a = lcsm_compile.session(model, x[:, :6], max_len=64, modal=False)  # the online engine's state
     outs = [tensors(a.prefill(x[:, :6]))] + [tensors(a.step(x[:, t:t + 1])) for t in range(6, 23)]
     state = a.state_dict()
-    b = lcsm_compile.session(model, x[:, :6], max_len=64)
+    b = lcsm_compile.session(model, x[:, :6], max_len=64, modal=False)
     b.load_state_dict(state)
     assert int(b.program.engines[0].meta[0]) == 23
     outs += [tensors(b.step(x[:, t:t + 1])) for t in range(23, 50)]

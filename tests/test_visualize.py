@@ -75,9 +75,20 @@ def test_write_dot_text_and_missing_graphviz(lowered, tmp_path, monkeypatch):
     assert (tmp_path / "g.dot").read_text() == V.graph_dot(lowered.gm, None) and "g.dot" in msg
     monkeypatch.setattr(V.shutil, "which", lambda name: None)
     msg = V.write_dot(lowered.gm, str(tmp_path / "pic.svg"), title="t")
-    assert not (tmp_path / "pic.svg").exists()
     assert (tmp_path / "pic.dot").read_text().startswith("digraph")
-    assert "not found" in msg and "pic.dot" in msg
+    assert "not found" in msg and "pic.dot" in msg and "matplotlib" in msg
+    svg = (tmp_path / "pic.svg").read_text()  # drawn with matplotlib instead: the convolutions' labels in it
+    assert "<svg" in svg and svg.count("lcsm::long_conv") == 2 and svg.count("lcsm::short_conv") == 2
+
+
+def test_graph_figure_without_matplotlib_says_so(lowered, tmp_path, monkeypatch):
+    def missing(*a, **k):
+        raise V.VisualizationUnavailable("pictures need matplotlib")
+
+    monkeypatch.setattr(V, "_pyplot_free_figure", missing)
+    monkeypatch.setattr(V.shutil, "which", lambda name: None)
+    msg = V.write_dot(lowered.gm, str(tmp_path / "pic.png"))
+    assert not (tmp_path / "pic.png").exists() and (tmp_path / "pic.dot").exists() and "not found" in msg
 
 
 def test_write_dot_renders_with_graphviz(lowered, tmp_path):
@@ -172,5 +183,5 @@ def test_tiling_figure_without_matplotlib(monkeypatch):
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_mpl)
-    with pytest.raises(V.VisualizationUnavailable, match="needs matplotlib"):
+    with pytest.raises(V.VisualizationUnavailable, match="need matplotlib"):
         V.tiling_figure(16, 0, 1, None, None)

@@ -42,7 +42,7 @@ from typing import Callable, Optional
 import torch
 from torch import Tensor, nn
 
-from . import (cached, direct_conv, explicit, layouts, modal, multihead, multirange, negatives, outputs,
+from . import (attention, cached, direct_conv, explicit, layouts, modal, multihead, multirange, negatives, outputs,
                safari, scan, ssm)
 
 __all__ = ["ZooEntry", "ZOO", "IDIOM_TAGS", "get", "streamable", "refused", "names", "output_tensors"]
@@ -141,6 +141,8 @@ IDIOM_TAGS = {
     "refusal: flip of the time axis": "neg-flip",
     "refusal: future shift": "neg-future-shift",
     "refusal: filter depends on L (prefix inconsistent)": "neg-prefix",
+    "causal attention blocks in a hybrid (SDPA is_causal, explicit masks, GQA, RoPE, ALiBi, windows)":
+        "attention-causal",
 }
 
 
@@ -355,6 +357,14 @@ ZOO: list[ZooEntry] = [
        negatives.build_block_restart, vocab=negatives.VOCAB, n_long=0, n_short=0,
        streamable=False, refusal="block-restarting",
        tags=("violates:prefix",)),
+    # ---------------------------------------------------------------- attention.py (hybrids)
+    _e("hybrid_attention_sdpa",
+       "StripedHyena-style hybrid: an order-2 Hyena block, then a causal attention block: rotary "
+       "embeddings with cos/sin over arange(L), 4 query heads on 2 kv heads by expand, "
+       "F.scaled_dot_product_attention(q, k, v, is_causal=True); streamed with a KV cache (more "
+       "attention idioms, the refusals and the checks of the verification in tests/test_attention.py)",
+       attention.build_sdpa, vocab=attention.VOCAB, n_long=1, n_short=1,
+       tags=("attention-causal", "implicit-filter", "short-conv", "skip-D")),
 ]
 
 

@@ -14,17 +14,45 @@ position (a retried step) rewrites the same slot: nothing to roll back.
   The same products summed in the same order (``i = 0 .. K-1``); a fused multiply-add may round
   once instead of twice.
 
+* ``lcsm_ring_step_{f32,f64}`` (emitted Triton, ``codegen/triton/ring_step.py.tmpl``): one
+  launch, the position read from the device tensor ``pos`` (no host sync); fp32/fp64 sums.
+
 Layouts: ``buf`` ``[B, C, K]``, ``w`` ``[C, K]``, ``bias`` ``[C]``, ``u``/``y`` ``[B, C]``, all
-C-contiguous, one dtype (fp32 or fp64).
+C-contiguous, one dtype (fp32 or fp64 for the native kernel; Triton also takes bf16/fp16).
+
+Which implementation a ring op runs is the program's ``kernels`` option, recorded per weight
+tensor by :func:`prefer_kernels` (the op's arguments carry no option); a ring whose weights were
+never recorded (e.g. an exported program's) runs ``"auto"``: Triton on CUDA, native on the CPU.
 """
 
 from __future__ import annotations
 
+import weakref
 from typing import Optional
 
 import torch
 
-__all__ = ["SOURCE", "ring_step_reference"]
+__all__ = ["SOURCE", "ring_step_reference", "prefer_kernels", "kernels_preference"]
+
+_PREFER: dict = {}  # (device, data_ptr of w) -> (weak ref to w, kernels option)
+
+
+def prefer_kernels(w: torch.Tensor, kernels: str) -> None:
+    """Record the ``kernels`` option (``"auto" | "torch" | "native" | "triton"``) of the ring
+    whose weights are ``w`` (kept while ``w`` lives)."""
+    if len(_PREFER) > 4096:
+        for key in [k for k, (ref, _) in _PREFER.items() if ref() is None]:
+            del _PREFER[key]
+    _PREFER[(w.device, w.data_ptr())] = (weakref.ref(w), kernels)
+
+
+def kernels_preference(w: torch.Tensor) -> str:
+    """The ``kernels`` option recorded for the weights ``w`` (same memory), else ``"auto"``."""
+    hit = _PREFER.get((w.device, w.data_ptr()))
+    if hit is None:
+        return "auto"
+    ref = hit[0]()
+    return hit[1] if ref is not None and ref.data_ptr() == w.data_ptr() else "auto"
 
 SOURCE = r"""
 #define DEFINE_RING(T, S)                                                                     \

@@ -29,8 +29,9 @@ import torch.fx as fx
 
 from ..report import Refusal
 from .common import LONG_CONV, is_tensor_node, op_name, subgraph_module, user_code, user_source
+from .lean_eval import LeanInterpreter
 
-__all__ = ["Folded", "fold_filters", "frontier"]
+__all__ = ["Folded", "fold_filters", "frontier", "folded_frontier"]
 
 _FOLDABLE = ("TIME_INVARIANT", "TIME_SOURCE")
 
@@ -65,6 +66,18 @@ def frontier(gm: fx.GraphModule, analysis) -> List[fx.Node]:
     return out
 
 
+def folded_frontier(gm: fx.GraphModule, analysis, skip: Sequence[str] = ()) -> List[fx.Node]:
+    """:func:`frontier` without the values used only as the filter of a long convolution in
+    ``skip`` (the modal ones, :mod:`.modal`: they are never folded)."""
+    front = frontier(gm, analysis)
+    if not skip:
+        return front
+    skip = set(skip)
+    return [n for n in front if not all(u.op == "call_function" and u.target == LONG_CONV and u.name in skip
+                                        and u.args[1] is n and n is not u.args[0]
+                                        for u in n.users if _cls(analysis, u) not in _FOLDABLE)]
+
+
 def _time_dim(n, analysis, k_nodes, v_full, v_probe, max_len) -> Optional[int]:
     """The time dim of a frontier value: the filter's last dim; else the analysis' answer;
     else the one dim whose size follows the length (``max_len`` at max_len, less below)."""
@@ -80,13 +93,15 @@ def _time_dim(n, analysis, k_nodes, v_full, v_probe, max_len) -> Optional[int]:
 
 
 def fold_filters(gm: fx.GraphModule, analysis, make_input: Callable[[int], torch.Tensor],
-                 max_len: int, check_lengths: Sequence[int] = (2, 3, 7)) -> Folded:
-    """Evaluate the frontier at ``max_len`` and check prefix consistency (module docstring)."""
-    front = frontier(gm, analysis)
+                 max_len: int, check_lengths: Sequence[int] = (2, 3, 7), skip: Sequence[str] = ()) -> Folded:
+    """Evaluate the frontier at ``max_len`` and check prefix consistency (module docstring).
+    ``skip``: long convolutions whose filters are not folded (modal ones: a value used only as
+    their filter is left out, see :mod:`.modal`)."""
+    front = folded_frontier(gm, analysis, skip)
     k_nodes = {n.args[1]: n for n in gm.graph.nodes if n.op == "call_function" and n.target == LONG_CONV}
     sub = subgraph_module(gm, front)
     with torch.no_grad():
-        full = sub(make_input(max_len))
+        full = LeanInterpreter(sub).run(make_input(max_len))  # the same values in less memory
     lengths = sorted({int(x) for x in check_lengths if 1 <= int(x) < max_len})
     filters, tables, constants = {}, {}, {}
     tdims = {}

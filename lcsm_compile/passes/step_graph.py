@@ -27,13 +27,15 @@ from __future__ import annotations
 import contextlib
 import copy
 import dataclasses
-from typing import Any, Callable, Dict
+from typing import Any, Callable, Dict, Optional
 
 import torch
 import torch.fx as fx
 
 from .common import LONG_CONV, SHORT_CONV
 from .fold_filters import Folded
+from .kv_slots import lower_attention_slot
+from .match_attention import ATTENTION
 
 __all__ = ["Slot", "build_prefill_graph", "build_step_graph", "bind_slots", "rename_slots", "LongSlot",
            "ShortSlot", "lower_slots", "state_attr", "GROUP_STATE", "SHORT_STATE"]
@@ -83,8 +85,8 @@ def build_prefill_graph(gm: fx.GraphModule) -> fx.GraphModule:
     g = fx.Graph()
     env: Dict[fx.Node, fx.Node] = {}
     for n in gm.graph.nodes:
-        if n.op == "call_function" and n.target in (LONG_CONV, SHORT_CONV):
-            new = g.call_function(Slot(n.name, "prefill"), (env[n.args[0]],))
+        if n.op == "call_function" and n.target in (LONG_CONV, SHORT_CONV, ATTENTION):
+            new = g.call_function(Slot(n.name, "prefill"), _slot_args(n, env))
             new.meta = dict(n.meta)
             env[n] = new
             continue
@@ -130,8 +132,8 @@ def build_step_graph(gm: fx.GraphModule, folded: Folded) -> fx.GraphModule:
         if n.name in folded.constants:
             env[n] = const(folded.constants[n.name], n.name)
             continue
-        if n.op == "call_function" and n.target in (LONG_CONV, SHORT_CONV):
-            new = g.call_function(Slot(n.name, "step"), (env[n.args[0]],))
+        if n.op == "call_function" and n.target in (LONG_CONV, SHORT_CONV, ATTENTION):
+            new = g.call_function(Slot(n.name, "step"), _slot_args(n, env))
             new.meta = dict(n.meta)
             env[n] = new
             continue
@@ -139,6 +141,9 @@ def build_step_graph(gm: fx.GraphModule, folded: Folded) -> fx.GraphModule:
             continue
         env[n] = g.node_copy(n, lambda a: env[a])
     g.eliminate_dead_code()
+    used = {n.target for n in g.nodes if n.op == "get_attr"}
+    for name in [b for b, _ in holder.named_buffers(recurse=False) if b.startswith("_lcsm_const") and b not in used]:
+        delattr(holder, name)  # a folded value no step reads (a filter whose convolution became a slot)
     for n in list(g.nodes):  # attributes of the original module used by copied get_attr nodes
         if n.op == "get_attr" and not hasattr(holder, n.target.split(".")[0]):
             obj = gm
@@ -148,6 +153,11 @@ def build_step_graph(gm: fx.GraphModule, folded: Folded) -> fx.GraphModule:
     out = fx.GraphModule(holder, g)
     out.recompile()
     return out
+
+
+def _slot_args(n: fx.Node, env: Dict[fx.Node, fx.Node]) -> tuple:
+    """The data arguments of a slot: ``u`` of a convolution, ``(q, k, v)`` of an attention."""
+    return tuple(env[a] for a in n.args[:3]) if n.target == ATTENTION else (env[n.args[0]],)
 
 
 def _set_attr(root: torch.nn.Module, target: str, obj) -> None:
@@ -198,7 +208,7 @@ def state_attr(owner: str, field: str) -> str:
 
 
 def lower_slots(gm: fx.GraphModule, mode: str, longs: Dict[str, LongSlot], shorts: Dict[str, ShortSlot],
-                configs: "list[list[int]]") -> fx.Graph:
+                configs: "list[list[int]]", attns: Optional[Dict[str, Any]] = None) -> fx.Graph:
     """The graph of a program whose slots run as stateful ``lcsm`` ops (pure: ``gm`` unchanged).
 
     ``mode`` is ``"step"`` (``gm`` from :func:`build_step_graph`, signature ``(x_t, pos)``) or
@@ -208,7 +218,9 @@ def lower_slots(gm: fx.GraphModule, mode: str, longs: Dict[str, LongSlot], short
     nodes named by :func:`state_attr` (the runtime's module owns them). After the last
     computation, just before the output (so that an error anywhere in the model leaves every
     position unmoved), one ``online_advance`` / ``online_finish_prefill`` per group (``configs[g]``
-    its schedule). Slots not named in ``longs``/``shorts`` are kept (bound by the runtime).
+    its schedule). An attention slot named in ``attns`` (:class:`~.kv_slots.AttnSlot`) becomes
+    ``lcsm::kv_attend`` / ``kv_prefill`` on its KV cache (:mod:`.kv_slots`). Slots not named in
+    ``longs``/``shorts``/``attns`` are kept (bound by the runtime).
     """
     ops = torch.ops.lcsm
     g = fx.Graph()
@@ -233,6 +245,12 @@ def lower_slots(gm: fx.GraphModule, mode: str, longs: Dict[str, LongSlot], short
             continue
         if n.op == "output":
             out_node = n
+            continue
+        if n.op == "call_function" and isinstance(n.target, Slot) and attns and n.target.name in attns:
+            name = n.target.name
+            env[n] = lower_attention_slot(g, mode, [env[a] for a in n.args], lambda f, nm=name: attr(state_attr(nm, f)),
+                                          pos, attns[name])
+            env[n].meta = dict(n.meta)
             continue
         if n.op == "call_function" and isinstance(n.target, Slot) and (n.target.name in longs or
                                                                         n.target.name in shorts):

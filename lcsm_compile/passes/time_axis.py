@@ -14,7 +14,7 @@ It reads only ``meta['val']`` (symbolic sizes) and the op of each node; it never
   program feeds them the current position;
   POINTWISE - acts position by position (elementwise, views/permutes/reshapes that keep time,
   casts, matmuls and reductions over other dims, embeddings, layer norms ...);
-  LONG_CONV / SHORT_CONV - the ``lcsm`` custom ops;
+  LONG_CONV / SHORT_CONV - the ``lcsm`` custom ops; ATTENTION - ``lcsm::causal_attention``;
   UNSUPPORTED - mixes positions in a way that is not a verified causal convolution; ``reason``
   says how (softmax / sum / mean / cumsum over time, flip, pad or slice of time (shifts),
   FFTs or convolutions over time outside a verified region, matmul over time, ...).
@@ -48,6 +48,7 @@ class NodeClass(str, enum.Enum):
     TIME_SOURCE = "TIME_SOURCE"
     LONG_CONV = "LONG_CONV"
     SHORT_CONV = "SHORT_CONV"
+    ATTENTION = "ATTENTION"  # lcsm::causal_attention (passes/match_attention.py): a KV cache when streamed
     UNSUPPORTED = "UNSUPPORTED"
 
 
@@ -579,6 +580,9 @@ def classify(gm: fx.GraphModule, ta: TimeAxis, data_inputs: Sequence[str],
                 info[n.name] = NodeInfo(NodeClass.LONG_CONV, val(n).dim() - 1)
             else:
                 info[n.name] = NodeInfo(NodeClass.SHORT_CONV, val(n).dim() - 1)
+            continue
+        if n.target == torch.ops.lcsm.causal_attention.default:  # q, k, v [N, L, D]: time dim 1
+            info[n.name] = NodeInfo(NodeClass.ATTENTION, 1)
             continue
         if n.target == aten.copy_.default:  # in-place buffer write kept by the backend
             info[n.name] = NodeInfo(NodeClass.TIME_INVARIANT if n.name not in dep else NodeClass.POINTWISE, td)

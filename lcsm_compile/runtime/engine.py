@@ -45,13 +45,14 @@ from typing import Optional
 
 import torch
 
-from ..codegen import kernels_for, red_cells
+from ..codegen import KERNEL_CODES, STEP_CODES, red_cells, select_kernels
 from ..codegen.native import advise_huge_pages
 from ..codegen.tiles import direct_tile, fft_tile
 from ..errors import SessionError
 from ..ops import compute_dtype
 from . import schedule
 from .cost_model import DIRECT_MAX_BYTES, Plan, choose_plan
+from .partitioned import SplitTiles, prompt_conv
 
 __all__ = ["OnlineConv"]
 
@@ -87,7 +88,10 @@ def red_step(u: torch.Tensor, blk_hist: torch.Tensor, blk_acc: torch.Tensor, kb:
 
     ``nk``: the native kernels (:func:`lcsm_compile.codegen.kernels_for`) or None (torch ops).
     ``u`` may be in any float dtype; it is computed in the state's dtype and ``y`` returned in
-    ``u``'s."""
+    ``u``'s. ``nk`` may also be the Triton kernels (``nk.kind == "triton"``: one launch, any
+    input dtype, no host sync)."""
+    if nk is not None and nk.kind == "triton":
+        return nk.red_step(u, blk_hist, blk_acc, kb, r, c0)
     cd = blk_hist.dtype
     uc = u if u.dtype == cd else u.to(cd)
     n = uc.shape[-1]
@@ -127,16 +131,34 @@ class OnlineConv:
             (one step in ``2^m`` runs a whole tile of size ``2^m``).
         chunk_flops: the work of one chunk of a delayed tile (FLOPs); None:
             :data:`.schedule.CHUNK_FLOPS`.
-        kernels: ``"auto"`` runs the per-step red cells and the per-block transposes with the
-            fused native CPU kernels of :mod:`lcsm_compile.codegen` where they build
-            (fp32/fp64 on the CPU), else with torch ops; ``"torch"`` always uses torch ops.
+        kernels: ``"auto"``: the emitted Triton kernels of :mod:`lcsm_compile.codegen.triton`
+            on CUDA (red cells, direct tiles), the fused native CPU kernels on the CPU (red
+            cells, block transposes, direct tiles) where they build, else torch ops;
+            ``"torch"``: torch ops; ``"native"`` / ``"triton"``: that implementation or a
+            :class:`SessionError` naming why it cannot run (Triton on the CPU only under
+            ``TRITON_INTERPRET=1``). :func:`lcsm_compile.codegen.select_kernels` decides;
             ``kernel_note`` says which path runs and why.
+        split_from: the smallest delayed level whose tiles are split into units of about one
+            FFT of size ``split_from`` each (:func:`.schedule.split_unit`, :mod:`.partitioned`):
+            no step does a whole row of a large tile, and those levels store no spectra. None:
+            :func:`.schedule.default_split_from` (where one row exceeds ``chunk_flops``).
+        copy_filters: False lets the engine use ``k`` itself as its filter buffer when it is
+            already ``[C, max_len]``, contiguous, in the compute dtype (no second copy of the
+            filters; the caller must not change it).
+
+    Memory (docs/memory.md, :mod:`lcsm_compile.runtime.memory`): one ``[B, C, max_len]`` buffer
+    holds the input history *and* the accumulators (``hist`` and ``acc`` are the same tensor: a
+    position's accumulator is last read when its red-cell block is loaded, its input first
+    written when that block is flushed; every tile reads flushed inputs and writes outputs of
+    blocks not loaded yet), the filters ``[C, max_len]`` once, spectra for the FFT levels below
+    ``split_from`` only.
     """
 
     def __init__(self, k: torch.Tensor, max_len: int, batch_size: int = 1,
                  dtype: Optional[torch.dtype] = None, block: Optional[int] = None,
                  fft_from: Optional[int] = None, kernels: str = "auto", delay_from: Optional[int] = None,
-                 chunk_flops: Optional[float] = None, state: Optional[dict] = None):
+                 chunk_flops: Optional[float] = None, state: Optional[dict] = None,
+                 split_from: Optional[int] = None, copy_filters: bool = True):
         if not isinstance(k, torch.Tensor) or k.dim() != 2:
             raise SessionError(f"filters must be a [C, K] tensor, got {getattr(k, 'shape', type(k))}")
         if k.dtype not in (torch.float32, torch.float64, torch.float16, torch.bfloat16):
@@ -148,17 +170,17 @@ class OnlineConv:
         self.dtype = dtype or k.dtype
         self.device = k.device
         self.cdtype = compute_dtype(self.dtype if self.dtype == torch.float64 else k.dtype)
-        if kernels not in ("auto", "torch"):
-            raise SessionError(f"kernels must be 'auto' or 'torch' for the engine, got {kernels!r}")
-        self._nk, why = (kernels_for(self.cdtype, self.device) if kernels == "auto"
-                         else (None, "kernels='torch'"))
-        self.kernel_note = ("native CPU kernels (red cells, block transposes, direct tiles)" if self._nk is not None
-                            else f"torch ops ({why})")
+        choice = select_kernels(kernels, self.cdtype, self.device)  # SessionError: unknown / unavailable
+        self._nk, self._tk = choice.native, choice.triton  # native C (CPU) / emitted Triton (CUDA)
+        self.kernel_note = choice.note
         C, K = k.shape
         self.channels = C
-        kk = _zeros_huge(C, self.max_len, dtype=self.cdtype, device=k.device)
-        m = min(K, self.max_len)
-        kk[:, :m] = k[:, :m].to(self.cdtype)
+        if not copy_filters and K == self.max_len and k.dtype == self.cdtype and k.is_contiguous():
+            kk = k  # the caller's buffer, e.g. the group's filters written once by instantiate
+        else:
+            kk = _zeros_huge(C, self.max_len, dtype=self.cdtype, device=k.device)
+            m = min(K, self.max_len)
+            kk[:, :m] = k[:, :m].to(self.cdtype)
         self.k = kk
         if block is None or fft_from is None:
             plan = choose_plan(self.batch_size, C, self.cdtype, self.device, self.max_len // 2,
@@ -180,6 +202,15 @@ class OnlineConv:
         self.chunk_flops = float(round(chunk_flops if chunk_flops is not None else schedule.CHUNK_FLOPS))
         if not self.chunk_flops > 0:
             raise SessionError(f"chunk_flops must be > 0, got {chunk_flops}")
+        try:
+            self.split_from = schedule._check_split(schedule.default_split_from(self.chunk_flops, self.fft_from)
+                                                    if split_from is None else split_from)
+        except ValueError as e:
+            raise SessionError(str(e)) from None
+        #: the delayed levels computed in units (no spectra stored), and their executor
+        self._split_levels = [U for U in schedule.delayed_levels(self.max_len, 0, self.block, self.delay_from)
+                              if U >= self.split_from]
+        self._split = SplitTiles(self.split_from // 2, self.cdtype, self.device)
         self.plan = Plan(block=self.block, fft_from=self.fft_from, delay_from=self.delay_from)
         # Red cells: the first block of k, time-major: kb[i, 0, c] = k[c, i] (zero past max_len).
         kb = torch.zeros(C, self.block, dtype=self.cdtype, device=k.device)
@@ -198,18 +229,28 @@ class OnlineConv:
                   "blk_hist": (self.block, self.batch_size, C), "blk_acc": (self.block, self.batch_size, C)}
         if state is None:
             self.hist = _zeros_huge(*shapes["hist"], dtype=self.cdtype, device=self.device)
-            self.acc = _zeros_huge(*shapes["acc"], dtype=self.cdtype, device=self.device)
+            #: one buffer for inputs and accumulators (class doc); ``acc`` is the state tensor's
+            #: placeholder ``[B, C, 0]`` (an engine adopting it knows the layout from its shape)
+            self.merged = True
+            self._acc_state = self.hist.new_zeros((self.batch_size, C, 0))
+            self.acc = self.hist
             self.blk_hist = torch.zeros(shapes["blk_hist"], dtype=self.cdtype, device=self.device)
             self.blk_acc = torch.zeros_like(self.blk_hist)
-            #: host metadata of the state: position, prefill length, block start, id, native flag
-            self.meta = torch.tensor([0, 0, 0, _new_uid(), int(self._nk is not None)], dtype=torch.int64)
+            #: host metadata of the state: position, prefill length, block start, id, kernel flag
+            #: of the red cells (codegen.STEP_CODES: 0 torch, 1 native, 2 triton)
+            self.meta = torch.tensor([0, 0, 0, _new_uid(), STEP_CODES[choice.impl]], dtype=torch.int64)
         else:  # adopt existing state tensors (a program's buffers, an exported program's inputs)
+            self.merged = tuple(state["acc"].shape) == (self.batch_size, C, 0)  # else a separate acc
+            if self.merged:
+                shapes["acc"] = (self.batch_size, C, 0)
             for name, shape in shapes.items():
                 t = state[name]
                 if tuple(t.shape) != shape or t.dtype != self.cdtype or t.device != self.device:
                     raise SessionError(f"state tensor {name} is {tuple(t.shape)} {t.dtype} on {t.device}, "
                                        f"expected {shape} {self.cdtype} on {self.device}")
-            self.hist, self.acc, self.blk_hist, self.blk_acc = (state[n] for n in ("hist", "acc", "blk_hist", "blk_acc"))
+            self.hist, self._acc_state, self.blk_hist, self.blk_acc = (state[n] for n in ("hist", "acc", "blk_hist",
+                                                                                          "blk_acc"))
+            self.acc = self.hist if self.merged else self._acc_state
             self.meta = state["meta"]
         # staging buffer for the block <-> state transposes: a transposing copy straight between
         # [block, B, C] and the strided [B, C, max_len] state costs ~8x more (TLB misses)
@@ -231,26 +272,37 @@ class OnlineConv:
     # ------------------------------------------------------------------ setup
     def _make_level(self, U: int, o: int = 1) -> tuple[str, Optional[torch.Tensor]]:
         """Precompute the tiles of level ``U`` with output offset ``o`` (lags ``(o-1)U + 1 ..
-        (o+1)U - 1``): a Toeplitz block (direct), nothing (native direct: reads ``k`` itself) or
-        the spectrum of the filter segment ``k[(o-1)U : (o+1)U]`` (FFT)."""
+        (o+1)U - 1``): a Toeplitz block (direct), nothing (native direct: reads ``k`` itself;
+        a split level: its units compute what they need), or the spectrum of the filter segment
+        ``k[(o-1)U : (o+1)U]`` (FFT)."""
+        if o > 1 and U >= self.split_from:
+            return ("split", None)
         if U < self.fft_from and self._nk is not None:
             return ("native", None)
-        kseg = torch.zeros(self.channels, 2 * U, dtype=self.cdtype, device=self.device)
+        if U < self.fft_from and self._tk is not None:
+            return ("triton", None)  # reads k and the time-last state itself, like the native tile
         lo = (o - 1) * U
         hi = min(lo + 2 * U, self.max_len)
-        if hi > lo:
-            kseg[:, :hi - lo] = self.k[:, lo:hi]
-        if U < self.fft_from and self.channels * U * U * kseg.element_size() <= DIRECT_MAX_BYTES:
+        if U < self.fft_from and self.channels * U * U * self.k.element_size() <= DIRECT_MAX_BYTES:
+            kseg = torch.zeros(self.channels, 2 * U, dtype=self.cdtype, device=self.device)
+            if hi > lo:
+                kseg[:, :hi - lo] = self.k[:, lo:hi]
             i = torch.arange(U, device=self.device)
             lag = U + i[:, None] - i[None, :]  # [U(i), U(m)], values 1 .. 2U-1 (k lags lo + 1 ..)
             return ("direct", kseg[:, lag].contiguous())
-        return ("fft", torch.fft.rfft(kseg, n=2 * U))
+        # the spectrum in channel chunks (rfft zero-pads the segment to 2U): no [C, 2U] copy of k
+        spec = torch.zeros(self.channels, U + 1, dtype=torch.complex128 if self.cdtype == torch.float64
+                           else torch.complex64, device=self.device)
+        step = max(1, (4 << 20) // (2 * U * self.k.element_size()))
+        for c0 in range(0, self.channels if hi > lo else 0, step):
+            spec[c0:c0 + step] = torch.fft.rfft(self.k[c0:c0 + step, lo:hi], n=2 * U)
+        return ("fft", spec)
 
     def _set_schedule(self, prefill: int, position: int) -> None:
         """The schedule of a run with this prefill, and each delayed level's next chunk from
         ``position`` (everything due before it is done: it is a function of the position)."""
         sched = self._sched = schedule.Schedule(prefill, self.max_len, self.block, self.delay_from, self._rows,
-                                                self.chunk_flops, self.fft_from)
+                                                self.chunk_flops, self.fft_from, self.split_from)
         self._level_due = [sched.next_level_step(position, l) for l in range(len(sched.table))]
         self._due = min(self._level_due, default=self.max_len)
 
@@ -274,6 +326,9 @@ class OnlineConv:
 
     def _run_work(self, w: schedule.Work) -> None:
         """One piece of tile work of the schedule (an immediate tile, or a chunk of a delayed one)."""
+        if w.units:  # a chunk of a split level: its units (partitioned.SplitTiles)
+            self._split.run(self, w)
+            return
         U, s0, s1 = w.level, w.s0, w.s1
         o, t0, t1 = w.outs[0]
         kind, data = self._tile_data[(U, o)]
@@ -281,6 +336,9 @@ class OnlineConv:
             if kind == "native":  # lags 1 .. t1 - 1 - s0 < max_len, inside k's rows
                 self._nk.direct_tile(self.hist.data_ptr(), self.acc.data_ptr(), self.k.data_ptr(), s0,
                                      t0, U, t1 - t0, self.batch_size, self.channels, self.max_len, self.max_len)
+            elif kind == "triton":  # one launch for every row of the group
+                self._tk.direct_tile(self.hist, self.acc, self.k, s0, t0, U, t1 - t0, 0, self.batch_size, 0,
+                                     self.channels)
             else:
                 tile_fn = direct_tile if kind == "direct" else fft_tile
                 tile_fn(self.hist[..., s0:s1], data, self.acc[..., t0:t1], U)
@@ -294,6 +352,9 @@ class OnlineConv:
                 t0, t1 = w.outs[0][1], w.outs[-1][2]
                 self._nk.direct_tile(self.hist.data_ptr() + off, self.acc.data_ptr() + off,
                                      self.k.data_ptr() + c0 * L * isz, s0, t0, U, t1 - t0, b1 - b0, Cr, L, L)
+            elif kind == "triton":  # both output blocks (o = 2, 3) in one launch, as above
+                self._tk.direct_tile(self.hist, self.acc, self.k, s0, w.outs[0][1], U, w.outs[-1][2] - w.outs[0][1],
+                                     b0, b1, c0, c1)
             elif kind == "direct":
                 a = self.hist[b0:b1, c0:c1, s0:s1]
                 for o, t0, t1 in w.outs:
@@ -348,7 +409,8 @@ class OnlineConv:
     def reset(self) -> None:
         """Forget all inputs: back to position 0 (filters and plan are kept)."""
         self.hist.zero_()
-        self.acc.zero_()
+        if not self.merged:
+            self.acc.zero_()
         self.blk_hist.zero_()
         self.blk_acc.zero_()
         self.position = 0
@@ -360,7 +422,8 @@ class OnlineConv:
     def prefill(self, u: torch.Tensor) -> torch.Tensor:
         """Consume ``P`` prompt positions ``u [B, C, P]`` at position 0; return ``y [B, C, P]``.
 
-        One FFT convolution gives the prompt's outputs and its contribution to every future
+        One convolution (:func:`.partitioned.prompt_conv`: FFTs in output blocks and channel
+        chunks, bounded memory) gives the prompt's outputs and its contribution to every future
         output up to ``max_len``; stepping then continues relative to ``P``.
         """
         y = self.prefill_member(u)
@@ -385,11 +448,9 @@ class OnlineConv:
         if P == 0:
             return u.clone()
         uc = u.to(self.cdtype)
-        n = 1 << (P + self.max_len - 2).bit_length()  # >= P + max_len - 1: no aliasing below max_len
-        y = torch.fft.irfft(torch.fft.rfft(uc, n=n) * torch.fft.rfft(self.k[channels], n=n), n=n)[..., : self.max_len]
+        y = prompt_conv(uc, self.k[channels], self.acc[:, channels, P:])
         self.hist[:, channels, :P] = uc
-        self.acc[:, channels, P:] += y[..., P:]
-        return y[..., :P].to(self.dtype)
+        return y.to(self.dtype)
 
     def finish_prefill(self, P: int) -> None:
         """Move to position ``P`` after every member's :meth:`prefill_member`."""
@@ -432,7 +493,8 @@ class OnlineConv:
                 or u.device != self.device:
             self._check_input(u, n, "step")
             raise SessionError(f"step: input must be [{self.batch_size}, {n}], got {tuple(u.shape)}")
-        return red_step(u, self.blk_hist, self.blk_acc, self._kb, t - self._blk_start, c0, self._nk)
+        return red_step(u, self.blk_hist, self.blk_acc, self._kb, t - self._blk_start, c0,
+                        self._nk if self._nk is not None else self._tk)
 
     def advance(self) -> None:
         """Finish the current position: run its tile work (all channels at once: the immediate
@@ -489,23 +551,29 @@ class OnlineConv:
              meta: torch.Tensor) -> None:
         """Run on these state tensors from now on (the ones an op was called with: a compiled
         program may pass other tensor objects of the same state), then :meth:`sync`."""
-        if hist is not self.hist or acc is not self.acc or blk_hist is not self.blk_hist \
+        if hist is not self.hist or acc is not self._acc_state or blk_hist is not self.blk_hist \
                 or blk_acc is not self.blk_acc or meta is not self.meta:
-            self.hist, self.acc, self.blk_hist, self.blk_acc, self.meta = hist, acc, blk_hist, blk_acc, meta
+            self.hist, self._acc_state, self.blk_hist, self.blk_acc, self.meta = hist, acc, blk_hist, blk_acc, meta
+            self.acc = hist if self.merged else acc
             self._meta_np = meta.numpy()
         self.sync()
 
     def state_tensors(self) -> dict:
-        """The state as tensors (not copies): ``hist``, ``acc``, ``blk_hist``, ``blk_acc`` and
-        ``meta`` (int64 on the CPU: position, prefill length, block start, id, native flag)."""
-        return {"hist": self.hist, "acc": self.acc, "blk_hist": self.blk_hist, "blk_acc": self.blk_acc,
+        """The state as tensors (not copies): ``hist`` (inputs and accumulators, class doc),
+        ``acc`` (``[B, C, 0]``: the layout's mark; a full ``[B, C, max_len]`` in states of the
+        earlier separate layout, still adopted), ``blk_hist``, ``blk_acc`` and ``meta`` (int64
+        on the CPU: position, prefill length, block start, id, red-cell kernels: 0 torch, 1 native,
+        2 triton)."""
+        return {"hist": self.hist, "acc": self._acc_state, "blk_hist": self.blk_hist, "blk_acc": self.blk_acc,
                 "meta": self.meta}
 
     @property
     def config(self) -> list:
         """The schedule as the ints the ``lcsm::online_*`` ops take: block, fft_from,
-        delay_from, chunk_flops (rounded), kernels (0 auto, 1 torch)."""
-        return [self.block, self.fft_from, self.delay_from, int(self.chunk_flops), int(self._kernels == "torch")]
+        delay_from, chunk_flops (rounded), kernels (0 auto, 1 torch, 2 native, 3 triton:
+        :data:`lcsm_compile.codegen.KERNEL_CODES`), split_from."""
+        return [self.block, self.fft_from, self.delay_from, int(self.chunk_flops), KERNEL_CODES[self._kernels],
+                self.split_from]
 
     def step(self, u: torch.Tensor) -> torch.Tensor:
         """Consume one position ``u [B, C]`` for all channels; return ``y [B, C]``."""
@@ -515,49 +583,88 @@ class OnlineConv:
 
     # ------------------------------------------------------------------ state
     def _schedule_key(self) -> dict:
-        return {"block": self.block, "fft_from": self.fft_from, "delay_from": self.delay_from,
-                "chunk_flops": self.chunk_flops}
+        key = {"block": self.block, "fft_from": self.fft_from, "delay_from": self.delay_from,
+               "chunk_flops": self.chunk_flops}
+        if self._split_levels:  # only where it changes the schedule: earlier states still load
+            key["split_from"] = self.split_from
+        return key
 
-    def state_dict(self) -> dict:
-        """The streaming state (copies): position, prefill length, input history, accumulators,
-        and the schedule they belong to (block, fft_from, delay_from, chunk_flops: the
+    def state_dict(self, copy: bool = True) -> dict:
+        """The streaming state: position, prefill length, the inputs and accumulators, and the
+        schedule they belong to (block, fft_from, delay_from, chunk_flops, split_from: the
         accumulators hold the tiles and chunks of that schedule done so far, so only an engine
-        with the same schedule can resume them)."""
-        hist = self.hist.clone()
+        with the same schedule can resume them).
+
+        The state is ``line`` (the ``[B, C, max_len]`` buffer: inputs before the current
+        red-cell block, accumulators from it on) and ``block_inputs`` (the inputs of the current
+        block so far, ``[position - block start, B, C]``): one copy of the buffer, where the
+        earlier format (``hist`` and ``acc``, which :meth:`load_state_dict` still takes) held
+        two. ``copy=False``: views of the live state instead of copies (no extra memory: write
+        them out, e.g. with ``torch.save``, before the next step)."""
         b = self._blk_start
-        if self.position > b:
-            hist[..., b:self.position] = self.blk_hist[: self.position - b].permute(1, 2, 0)
-        return {"position": self.position, "prefill_len": self.prefill_len,
-                "hist": hist, "acc": self.acc.clone(), "schedule": self._schedule_key()}
+        done = max(0, self.position - b)
+        if self.merged:
+            line = self.hist
+        else:  # the earlier layout: inputs before the block, accumulators from it on
+            line = torch.cat([self.hist[..., :b], self.acc[..., b:]], -1)
+        blk = self.blk_hist[:done]
+        if copy:
+            line = line.clone() if line is self.hist else line
+            blk = blk.clone()
+        return {"position": self.position, "prefill_len": self.prefill_len, "line": line, "block_inputs": blk,
+                "schedule": self._schedule_key()}
 
     def load_state_dict(self, state: dict) -> None:
-        """Restore a state from :meth:`state_dict` of an engine with the same filters and shapes."""
-        for name in ("hist", "acc"):
-            if tuple(state[name].shape) != tuple(self.hist.shape):
-                raise SessionError(f"state {name} has shape {tuple(state[name].shape)}, expected {tuple(self.hist.shape)}")
+        """Restore a state from :meth:`state_dict` of an engine with the same filters and shapes
+        (either format: ``line`` + ``block_inputs``, or the earlier ``hist`` + ``acc``)."""
+        shape = (self.batch_size, self.channels, self.max_len)
+        names = ("line",) if "line" in state else ("hist", "acc")
+        for name in names:
+            if tuple(state[name].shape) != shape:
+                raise SessionError(f"state {name} has shape {tuple(state[name].shape)}, expected {shape}")
         position, prefill_len = int(state["position"]), int(state["prefill_len"])
         if not 0 <= prefill_len <= position <= self.max_len:
             raise SessionError(f"state has position {position}, prefill {prefill_len}: not valid for max_len={self.max_len}")
         sched = state.get("schedule")
-        if sched is not None and dict(sched) != self._schedule_key():
-            raise SessionError(f"state was saved with schedule {dict(sched)}, this engine runs "
-                               f"{self._schedule_key()}: pass the same block, fft_from, delay_from and chunk_flops")
-        self.hist.copy_(state["hist"])
-        self.acc.copy_(state["acc"])
+        if (sched is not None and dict(sched) != self._schedule_key()) or (sched is None and self._split_levels):
+            raise SessionError(f"state was saved with schedule {None if sched is None else dict(sched)}, this engine "
+                               f"runs {self._schedule_key()}: pass the same block, fft_from, delay_from, chunk_flops "
+                               f"and split_from")
+        b = schedule.block_start(position, prefill_len, self.block) if position < self.max_len else position
+        done = position - b
+        if "line" in state:
+            line, blk = state["line"], state["block_inputs"]
+            if tuple(blk.shape) != (done, self.batch_size, self.channels):
+                raise SessionError(f"state block_inputs has shape {tuple(blk.shape)}, expected "
+                                   f"{(done, self.batch_size, self.channels)}")
+            self.hist.copy_(line)
+            if not self.merged:
+                self.acc[..., b:] = line[..., b:]
+        else:
+            hist, acc = state["hist"], state["acc"]
+            blk = hist[..., b:position].permute(2, 0, 1)
+            if self.merged:
+                self.hist[..., :b] = hist[..., :b]
+                self.hist[..., b:] = acc[..., b:]
+            else:
+                self.hist.copy_(hist)
+                self.acc.copy_(acc)
         self.position, self.prefill_len = position, prefill_len
         self._set_schedule(prefill_len, position)
-        self._load_block(schedule.block_start(position, prefill_len, self.block) if position < self.max_len
-                         else position)
+        self._load_block(b)
+        if done:  # the block's inputs so far (the buffer holds its accumulators there)
+            self.blk_hist[:done] = blk
         self._publish()
 
     def flops_per_step(self, length: Optional[int] = None) -> float:
         """Average FLOPs per step of ``length`` steps from position 0 (default ``max_len``)."""
         length = length or self.max_len
-        f = schedule.tiling_flops(length, self.channels, self.block, self.fft_from, self.batch_size, self.delay_from)
+        f = schedule.tiling_flops(length, self.channels, self.block, self.fft_from, self.batch_size, self.delay_from,
+                                  self.chunk_flops, self.split_from)
         return f["total"] / length
 
     def __repr__(self) -> str:
         return (f"OnlineConv(channels={self.channels}, max_len={self.max_len}, batch={self.batch_size}, "
                 f"dtype={self.dtype}, block={self.block}, fft_from={self.fft_from}, delay_from={self.delay_from}, "
                 f"position={self.position}, "
-                f"kernels={'native' if self._nk is not None else 'torch'})")
+                f"kernels={'native' if self._nk is not None else 'triton' if self._tk is not None else 'torch'})")

@@ -29,13 +29,20 @@ from typing import Any, Callable, Dict, List, Optional
 import torch
 import torch.fx as fx
 
+from ..codegen import select_kernels
+from ..codegen.ring import prefer_kernels
 from ..errors import SessionError
+from ..ops import compute_dtype
 from ..passes.common import SHORT_CONV
 from ..passes.step_graph import LongSlot, ShortSlot, bind_slots, lower_slots, state_attr
 from . import state_ops as _state_ops  # noqa: F401 - registers the implementations of the lcsm ops
 from .baselines import EagerConv, LazyConv, NullConv
 from .engine import OnlineConv
+from .kv_cache import kv_caches  # also registers the implementations of lcsm::kv_attend / kv_prefill
 from .members import LongMember
+from .memory import group_filters
+from .modal import modal_states  # also registers the implementations of lcsm::modal_step / modal_prefill
+from ..passes.modal import lower_modal_slots
 
 __all__ = ["StreamProgram", "instantiate", "ENGINES", "Ring", "CompiledStep"]
 
@@ -73,6 +80,10 @@ class StreamProgram:
     step_fn: Callable
     #: ``(hi, prefill program)`` for prompts of length ``<= hi`` (models whose graph branches on L)
     short_prefills: List[Any] = dataclasses.field(default_factory=list)
+    #: the KV cache of every attention layer (:class:`~lcsm_compile.runtime.kv_cache.KVCache`)
+    attention: Dict[str, Any] = dataclasses.field(default_factory=dict)
+    #: the state of every modal long convolution (:class:`~lcsm_compile.runtime.modal.ModalState`)
+    modal: Dict[str, Any] = dataclasses.field(default_factory=dict)
 
     @property
     def lowered(self):
@@ -97,6 +108,8 @@ class StreamProgram:
             e.reset()
         for s in self.shorts.values():
             s.reset()
+        for m in self.modal.values():
+            m.reset()
 
     def prefill(self, x: torch.Tensor) -> List[torch.Tensor]:
         """Run the prefill graph on ``x [B, P, ...]`` (position 0); returns the tensor outputs."""
@@ -149,9 +162,17 @@ class StreamProgram:
             e.advance()
         return list(outs)
 
-    def state_dict(self) -> dict:
-        return {"engines": [e.state_dict() for e in self.engines],
-                "shorts": {k: s.buf.clone() for k, s in self.shorts.items()}}
+    def state_dict(self, copy: bool = True) -> dict:
+        """The state of every engine, ring buffer, KV cache and modal state; ``copy=False``:
+        the online engines' large buffers as views (write them out before the next step)."""
+        out = {"engines": [e.state_dict() if copy or not isinstance(e, OnlineConv) else e.state_dict(copy=False)
+                           for e in self.engines],
+               "shorts": {k: s.buf.clone() for k, s in self.shorts.items()}}
+        if self.attention:
+            out["attention"] = {k: (c.k.clone(), c.v.clone()) for k, c in self.attention.items()}
+        if self.modal:
+            out["modal"] = {k: m.state.clone() for k, m in self.modal.items()}
+        return out
 
     def load_state_dict(self, state: dict) -> None:
         if len(state["engines"]) != len(self.engines) or set(state["shorts"]) != set(self.shorts):
@@ -160,18 +181,33 @@ class StreamProgram:
             if tuple(state["shorts"][k].shape) != tuple(s.buf.shape):
                 raise SessionError(f"state of short convolution {k} has shape {tuple(state['shorts'][k].shape)}, "
                                    f"expected {tuple(s.buf.shape)}")
+        kv = state.get("attention", {})
+        if set(kv) != set(self.attention) or any(tuple(kv[k][0].shape) != tuple(c.k.shape) or
+                                                 tuple(kv[k][1].shape) != tuple(c.v.shape)
+                                                 for k, c in self.attention.items()):
+            raise SessionError("state does not belong to this model (different attention layers or KV caches)")
+        ms = state.get("modal", {})
+        if set(ms) != set(self.modal) or any(tuple(ms[k].shape) != tuple(m.state.shape) for k, m in self.modal.items()):
+            raise SessionError("state does not belong to this model (different modal convolutions or modes)")
         for e, s in zip(self.engines, state["engines"]):
             e.load_state_dict(s)
+        for k, c in self.attention.items():
+            c.k.copy_(kv[k][0])
+            c.v.copy_(kv[k][1])
         for k, s in self.shorts.items():
             s.buf.copy_(state["shorts"][k])
+        for k, m in self.modal.items():
+            m.state.copy_(ms[k])
 
 
 def instantiate(plan, engine: str = "online", compile_step: bool = False,
                 engine_options: Optional[dict] = None, kernels: str = "auto") -> StreamProgram:
     """State for ``plan`` and its programs lowered to the stateful ops on it (module doc).
 
-    ``kernels`` ("auto" | "torch") picks the online engine's per-step kernels: the native CPU
-    kernels of :mod:`lcsm_compile.codegen` where they build, or their torch twins.
+    ``kernels`` ("auto" | "torch" | "native" | "triton") picks the kernels of the online
+    engine and of the short convolutions' ring steps (:func:`lcsm_compile.codegen.select_kernels`:
+    "auto" is Triton on CUDA, native C on the CPU; "native"/"triton" raise SessionError where
+    they cannot run).
     """
     if engine not in ENGINES:
         raise SessionError(f"engine={engine!r} is not one of {sorted(ENGINES)}")
@@ -184,9 +220,13 @@ def instantiate(plan, engine: str = "online", compile_step: bool = False,
     tensors: Dict[str, Any] = {}
     configs: List[List[int]] = []
     for gi, group in enumerate(plan.groups.groups):
-        ks = [folded.filters[m] for m in group.members]
-        k = torch.cat([kk.reshape(-1, kk.shape[-1]) for kk in ks], 0)
-        extra = {"kernels": kernels} if online else {}
+        if online:  # the group's filters written once; the folded ones become its views (runtime/memory.py)
+            k = group_filters(folded, group.members, plan.max_len, group.dtype)
+            extra = {"kernels": kernels, "copy_filters": False}
+        else:
+            ks = [folded.filters[m] for m in group.members]
+            k = torch.cat([kk.reshape(-1, kk.shape[-1]) for kk in ks], 0)
+            extra = {}
         eng = cls(k, max_len=plan.max_len, batch_size=group.batch, dtype=group.dtype, **extra,
                   **(engine_options or {}))
         engines.append(eng)
@@ -218,6 +258,10 @@ def instantiate(plan, engine: str = "online", compile_step: bool = False,
         batch = math.prod(lead) if lead else 1
         w = w.detach().to(device=device, dtype=dtype).reshape(C, -1).contiguous()
         b = None if b is None else b.detach().to(device=device, dtype=dtype).reshape(C).contiguous()
+        if kernels != "auto":  # the ring op finds the option through its own copy of the weights
+            select_kernels(kernels, compute_dtype(dtype), device)  # SessionError: unavailable here
+            w = w.clone()
+            prefer_kernels(w, kernels)
         ring = Ring(torch.zeros(batch, C, w.shape[-1], dtype=dtype, device=device), w, b)
         shorts[name] = ring
         short_slots[name] = ShortSlot(batch, C, b is not None)
@@ -226,8 +270,18 @@ def instantiate(plan, engine: str = "online", compile_step: bool = False,
         if b is not None:
             tensors[state_attr(name, "bias")] = b
 
+    caches = kv_caches(plan)
+    for name, c in caches.items():
+        tensors[state_attr(name, "kcache")], tensors[state_attr(name, "vcache")] = c.k, c.v
+
+    modal = modal_states(plan, shapes, kernels)  # modal long convolutions: recurrences (docs/streaming.md)
+    for name, (m, _) in modal.items():
+        tensors.update(m.tensors(name))
+
     def program(slot_gm: fx.GraphModule, mode: str) -> fx.GraphModule:
-        graph = lower_slots(slot_gm, mode, long_slots, short_slots, configs)
+        slot_gm = lower_modal_slots(slot_gm, mode, {n: sl for n, (_, sl) in modal.items()})
+        graph = lower_slots(slot_gm, mode, long_slots, short_slots, configs,
+                            attns={n: c.slot for n, c in caches.items()})
         root = {}
         for node in graph.nodes:
             if node.op == "get_attr":
@@ -240,7 +294,7 @@ def instantiate(plan, engine: str = "online", compile_step: bool = False,
     step_fn = CompiledStep(step_gm, online, engines) if compile_step else step_gm
     short = [(hi, program(g, "prefill")) for hi, g in sorted(plan.short_prefills)]
     return StreamProgram(plan, engines, long_slots if online else members, shorts, prefill_gm, step_gm, engine,
-                         step_fn, short)
+                         step_fn, short, attention=caches, modal={n: m for n, (m, _) in modal.items()})
 
 
 def _resolve(gm: fx.GraphModule, target: str) -> Any:

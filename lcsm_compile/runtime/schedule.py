@@ -53,7 +53,9 @@ from typing import Iterator, NamedTuple, Optional
 __all__ = ["Tile", "Work", "tile_level", "tile_after_step", "block_start", "iter_cells", "iter_row_cells",
            "tiling_flops", "levels", "delayed_levels", "step_work", "next_delayed_step", "step_flops",
            "tile_flops", "tile_cost", "default_delay_from", "chunk_plan", "is_boundary", "Schedule",
-           "DELAY_BUDGET_FLOPS", "CHUNK_FLOPS", "FFT_WEIGHT"]
+           "DELAY_BUDGET_FLOPS", "CHUNK_FLOPS", "FFT_WEIGHT", "default_split_from", "split_unit",
+           "units_per_row", "split_out_blocks", "split_row_flops", "unit_flops", "work_cells", "NO_SPLIT",
+           "SPLIT_MIN_LEVEL"]
 
 #: FFT tiles run at about a third of the FLOP rate of the direct tiles (measured in long runs on
 #: this project's CPU, 1 thread, state cold: native direct tiles ~20 GFLOP/s, FFT tiles and
@@ -90,6 +92,11 @@ class Work(NamedTuple):
     batch-major) contribute to the output ranges ``outs = ((o, t0, t1), ...)``, ``o`` the output
     offset in units of the level (``t0 == s0 + o * level``, ``t1`` clipped to ``max_len``).
     ``delayed``: a chunk of a delayed tile (else an immediate tile, all rows).
+    ``units``: ``()``, or for a chunk of a *split* level (``level >= split_from``,
+    :func:`split_unit`) ``(u0, u1, V)``: the units ``u0 .. u1 - 1`` of the tile in row-major
+    order (``units_per_row(level // V)`` per row; rows ``[r0, r1)`` are the rows they touch),
+    ``V`` the sub-tile size. ``outs`` is then the whole tile's; which of its cells a chunk
+    computes is :func:`work_cells`.
     """
 
     level: int
@@ -99,6 +106,7 @@ class Work(NamedTuple):
     r0: int
     r1: int
     delayed: bool
+    units: tuple = ()
 
 
 def _check_block(block: int) -> None:
@@ -214,6 +222,142 @@ def default_delay_from(rows: int, block: int = 1, fft_from: Optional[int] = None
     return D
 
 
+# ---------------------------------------------------------------- split levels
+#: ``split_from`` meaning "no split level"
+NO_SPLIT = 1 << 62
+#: the smallest level :func:`default_split_from` splits
+SPLIT_MIN_LEVEL = 1 << 14
+
+
+def default_split_from(chunk_flops: float = CHUNK_FLOPS, fft_from: Optional[int] = None) -> int:
+    """The default ``split_from``: the smallest power of two ``U >= max(2 fft_from,
+    SPLIT_MIN_LEVEL)`` whose delayed tile costs more than ``chunk_flops`` *per row*
+    (:func:`tile_cost` with two outputs): from there one row of a tile is more than one chunk's
+    work, so the tiles are split (:func:`split_unit`). :data:`NO_SPLIT` without FFT tiles. A
+    pure function of the schedule's parameters (a restored state sees the same schedule)."""
+    if fft_from is None:
+        return NO_SPLIT
+    U = SPLIT_MIN_LEVEL
+    while U < 2 * fft_from:
+        U *= 2
+    while tile_cost(U, 2, fft_from) <= chunk_flops and U < NO_SPLIT:
+        U *= 2
+    return U
+
+
+def _check_split(split_from: int) -> int:
+    split_from = int(split_from)
+    if split_from < 2 or split_from & (split_from - 1):
+        raise ValueError(f"split_from must be a power of two >= 2, got {split_from}")
+    return split_from
+
+
+def units_per_row(m: int) -> int:
+    """Units of one row of a split tile with ``m = U / V`` input sub-blocks: ``6m - 1``."""
+    return 6 * m - 1
+
+
+def split_unit(q: int, m: int) -> tuple[str, int]:
+    """Unit ``q`` of one row of a split delayed tile of level ``U = m V`` (sub-tiles of size ``V``).
+
+    A split tile is the delayed tile computed as a partitioned convolution (a frequency-domain
+    delay line of sub-tiles of size ``V``), one row at a time, in units of about one FFT of size
+    ``2V`` each, so that no step does more than a chunk's work however large ``U``:
+
+    * ``("x", i)``, ``i < m``: the spectrum ``X_i = rfft(hist[s0 + iV : s0 + (i+1)V], 2V)``;
+    * ``("k", o)``: the filter spectrum ``K_o = rfft(k[(o-1)V : (o+1)V], 2V)`` (offsets
+      ``o = m+1 .. 4m-1``);
+    * ``("out", j)``: output sub-block ``j`` (outputs ``s0 + 2U + jV ..``, ``j < 2m``):
+      ``irfft(sum_i X_i K_{2m+j-i}, 2V)[V:2V]`` added to the accumulators (the cells of inputs
+      ``[s0, s0 + U)`` x those ``V`` outputs).
+
+    Order: ``X_0 .. X_{m-1}``, ``K_{m+1} .. K_{2m}``, then ``out_0, K_{2m+1}, out_1, K_{2m+2},
+    .., out_{2m-1}``: each out unit finds the spectra it needs computed by the units before it
+    (an engine recomputes what it lacks, e.g. after a state load: the order is for speed only).
+    Units a tile does not need (:func:`split_out_blocks`: the outputs stop at ``max_len``, odd
+    tiles have one output block) are no-ops.
+    """
+    if q < m:
+        return ("x", q)
+    if q < 2 * m:
+        return ("k", q + 1)
+    r = q - 2 * m
+    return ("out", r // 2) if r % 2 == 0 else ("k", 2 * m + 1 + r // 2)
+
+
+def split_out_blocks(w: "Work", V: int) -> int:
+    """``J``: the output sub-blocks of size ``V`` of the split tile of ``w`` (its outputs run
+    from ``s0 + 2U`` to the end of its last output range)."""
+    t0 = w.s0 + 2 * w.level
+    return max(0, -(-(w.outs[-1][2] - t0) // V)) if w.outs else 0
+
+
+def _split_needed(kind: str, idx: int, m: int, J: int) -> bool:
+    if kind == "x":
+        return J > 0
+    if kind == "k":
+        return idx <= 2 * m + J - 1 and J > 0
+    return idx < J
+
+
+def unit_flops(kind: str, V: int, m: int) -> float:
+    """FLOPs of one unit (:func:`split_unit`): a real FFT of size ``2V``; an out unit adds its
+    ``m`` complex multiply-adds of ``V + 1`` and the ``V`` additions to the accumulators."""
+    n = 2 * V
+    f = 2.5 * n * math.log2(n)
+    return f + 8.0 * m * (V + 1) + V if kind == "out" else f
+
+
+def split_row_flops(U: int, V: int, J: int) -> float:
+    """FLOPs of one row of a split tile of level ``U`` with ``J`` output sub-blocks."""
+    m = U // V
+    if J <= 0:
+        return 0.0
+    return (m + (m + J - 1)) * unit_flops("x", V, m) + J * unit_flops("out", V, m)
+
+
+def work_cells(w: "Work") -> Iterator[tuple[int, int, int]]:
+    """The ``(s, t, row)`` cells that ``w`` computes (a chunk of a split level: those of its out
+    units)."""
+    if not w.units:
+        for row in range(w.r0, w.r1):
+            for o, t0, t1 in w.outs:
+                for s in range(w.s0, w.s1):
+                    for tt in range(t0, t1):
+                        yield s, tt, row
+        return
+    u0, u1, V = w.units
+    m = w.level // V
+    n_u = units_per_row(m)
+    J = split_out_blocks(w, V)
+    T0, T1 = w.s0 + 2 * w.level, w.outs[-1][2] if w.outs else 0
+    for u in range(u0, u1):
+        row, q = divmod(u, n_u)
+        kind, j = split_unit(q, m)
+        if kind == "out" and j < J:
+            for s in range(w.s0, w.s1):
+                for tt in range(T0 + j * V, min(T0 + (j + 1) * V, T1)):
+                    yield s, tt, row
+
+
+def work_flops(w: "Work", fft_from: Optional[int] = None) -> float:
+    """FLOPs of one piece of work, all its rows (:func:`tile_flops`, or the units of a split
+    chunk)."""
+    if not w.units:
+        fft = fft_from is not None and w.level >= fft_from
+        return (w.r1 - w.r0) * tile_flops(w.level, len(w.outs), fft)
+    u0, u1, V = w.units
+    m = w.level // V
+    n_u = units_per_row(m)
+    J = split_out_blocks(w, V)
+    f = 0.0
+    for u in range(u0, u1):
+        kind, idx = split_unit(u % n_u, m)
+        if _split_needed(kind, idx, m, J):
+            f += unit_flops(kind, V, m)
+    return f
+
+
 def _initial_free(block: int) -> list[tuple[int, int]]:
     """Free residue classes ``(depth d, residue c)`` = the steps ``j = c (mod 2^d)``, all of them
     but the block ends (``j = 0 mod block``) for ``block >= 2``: the siblings along that path."""
@@ -225,7 +369,7 @@ def _initial_free(block: int) -> list[tuple[int, int]]:
 
 @lru_cache(maxsize=256)
 def chunk_plan(levels: tuple, rows: int, chunk_flops: float = CHUNK_FLOPS, block: int = 1,
-               fft_from: Optional[int] = None) -> tuple:
+               fft_from: Optional[int] = None, split_from: Optional[int] = None) -> tuple:
     """How the delayed tiles of each level are spread: ``((U, W, p, c), ...)`` per level ``U``.
 
     A tile of level ``U`` is cut into ``W = U / p`` row chunks (``p``, a power of two, is the
@@ -239,13 +383,23 @@ def chunk_plan(levels: tuple, rows: int, chunk_flops: float = CHUNK_FLOPS, block
     (``j = 0 mod block``, where the immediate tiles run): no two levels' chunks share a step, and
     no chunk lands on a block end, unless the levels cannot fit (tiny periods), when a second
     "lane" of classes is opened.
+
+    Levels ``U >= split_from`` (None: none) are *split* (:func:`split_unit`): their chunks hold
+    units (about one FFT of size ``split_from`` each, ``units_per_row`` per row) instead of rows:
+    ``p`` aims at chunks of about ``chunk_flops`` and at least one unit per chunk.
     """
     lv = list(levels)
     ps = []
     for U in lv:
-        ideal = U * float(chunk_flops) / max(1e-300, rows * tile_cost(U, 2, fft_from))
+        if split_from is not None and U >= split_from:
+            V = split_from // 2
+            row_cost = FFT_WEIGHT * split_row_flops(U, V, 2 * (U // V))
+            items = rows * units_per_row(U // V)
+        else:
+            row_cost, items = tile_cost(U, 2, fft_from), rows
+        ideal = U * float(chunk_flops) / max(1e-300, rows * row_cost)
         p = 1 << max(0, round(math.log2(ideal))) if ideal >= 1 else 1
-        lo = max(2 if block > 1 else 1, 1 << max(0, math.ceil(math.log2(max(1.0, U / rows)))))
+        lo = max(2 if block > 1 else 1, 1 << max(0, math.ceil(math.log2(max(1.0, U / items)))))
         ps.append(min(U, max(lo, p)))
     cap = 1.0 - (1.0 / block if block > 1 else 0.0)
     while sum(1.0 / p for p in ps) > cap + 1e-12:
@@ -274,25 +428,31 @@ def chunk_plan(levels: tuple, rows: int, chunk_flops: float = CHUNK_FLOPS, block
 class Schedule:
     """The schedule of one engine run, for fast per-step queries (pure: no tensors, no state).
 
-    Built from ``(prefill, max_len, block, delay_from, rows, chunk_flops, fft_from)``;
-    ``delay_from=None`` means no delayed tiles; ``fft_from`` only weighs the chunks' cost.
+    Built from ``(prefill, max_len, block, delay_from, rows, chunk_flops, fft_from, split_from)``;
+    ``delay_from=None`` means no delayed tiles; ``fft_from`` only weighs the chunks' cost;
+    ``split_from`` (None: :func:`default_split_from`) is the smallest delayed level whose tiles
+    are split into units (:func:`split_unit`).
     :meth:`work` is :func:`step_work`, :meth:`next_delayed_step` is :func:`next_delayed_step`;
     :meth:`level_chunk` and :meth:`next_level_step` answer for one delayed level, so that an
     engine can track each level's next chunk and touch only the levels due at a step.
     """
 
-    __slots__ = ("prefill", "max_len", "block", "delay_from", "rows", "chunk_flops", "fft_from", "n", "table")
+    __slots__ = ("prefill", "max_len", "block", "delay_from", "rows", "chunk_flops", "fft_from", "n", "table",
+                 "split_from")
 
     def __init__(self, prefill: int, max_len: int, block: int = 1, delay_from: Optional[int] = None,
-                 rows: int = 1, chunk_flops: float = CHUNK_FLOPS, fft_from: Optional[int] = None):
+                 rows: int = 1, chunk_flops: float = CHUNK_FLOPS, fft_from: Optional[int] = None,
+                 split_from: Optional[int] = None):
         D = _delay(delay_from, block)
         self.prefill, self.max_len, self.block, self.delay_from = prefill, max_len, block, D
         self.rows, self.chunk_flops, self.fft_from = rows, chunk_flops, fft_from
+        self.split_from = _check_split(default_split_from(chunk_flops, fft_from) if split_from is None
+                                       else split_from)
         self.n = max_len - prefill
         #: per delayed level index l: (U, W, p, c), U = D 2^l: its tiles' chunks are the steps
         #: j = c (mod p) of their windows (:func:`chunk_plan`)
         self.table = chunk_plan(tuple(delayed_levels(max_len, prefill, block, delay_from)), rows, chunk_flops,
-                                block, fft_from)
+                                block, fft_from, self.split_from)
 
     def immediate(self, t: int) -> Optional[Work]:
         """The immediate tile of step ``t`` as work (all rows), or None."""
@@ -314,6 +474,13 @@ class Schedule:
         i = (j % U) // p
         s0 = self.prefill + a * U
         R = self.rows
+        if U >= self.split_from:  # a range of the tile's units (rows x units_per_row, row-major)
+            V = self.split_from // 2
+            n_u = units_per_row(U // V)
+            N = R * n_u
+            u0, u1 = (i * N) // W, ((i + 1) * N) // W
+            return Work(U, s0, s0 + U, _delayed_outs(U, a, self.prefill, self.max_len), u0 // n_u,
+                        (u1 - 1) // n_u + 1, True, (u0, u1, V))
         return Work(U, s0, s0 + U, _delayed_outs(U, a, self.prefill, self.max_len), (i * R) // W,
                     ((i + 1) * R) // W, True)
 
@@ -346,8 +513,8 @@ class Schedule:
 
 
 @lru_cache(maxsize=64)
-def _schedule(prefill, max_len, block, delay_from, rows, chunk_flops, fft_from) -> Schedule:
-    return Schedule(prefill, max_len, block, delay_from, rows, chunk_flops, fft_from)
+def _schedule(prefill, max_len, block, delay_from, rows, chunk_flops, fft_from, split_from=None) -> Schedule:
+    return Schedule(prefill, max_len, block, delay_from, rows, chunk_flops, fft_from, split_from)
 
 
 def _delayed_outs(U: int, a: int, prefill: int, max_len: int) -> tuple:
@@ -361,26 +528,23 @@ def _delayed_outs(U: int, a: int, prefill: int, max_len: int) -> tuple:
 
 
 def step_work(t: int, prefill: int, max_len: int, block: int = 1, delay_from: Optional[int] = None,
-              rows: int = 1, chunk_flops: float = CHUNK_FLOPS, fft_from: Optional[int] = None) -> list[Work]:
+              rows: int = 1, chunk_flops: float = CHUNK_FLOPS, fft_from: Optional[int] = None,
+              split_from: Optional[int] = None) -> list[Work]:
     """All tile work of the advance of step ``t`` (absolute): at most one immediate tile (at the
     end of a red-cell block), then the chunks of delayed tiles due at this step (at most one per
     level, never at a block end for ``block >= 2``). ``rows``: batch x channels;
-    ``chunk_flops``, ``fft_from``: see :func:`chunk_plan`."""
-    return _schedule(prefill, max_len, block, delay_from, rows, chunk_flops, fft_from).work(t)
+    ``chunk_flops``, ``fft_from``, ``split_from`` (None: :func:`default_split_from`): see
+    :func:`chunk_plan`."""
+    return _schedule(prefill, max_len, block, delay_from, rows, chunk_flops, fft_from, split_from).work(t)
 
 
 def next_delayed_step(t: int, prefill: int, max_len: int, block: int = 1, delay_from: Optional[int] = None,
-                      rows: int = 1, chunk_flops: float = CHUNK_FLOPS, fft_from: Optional[int] = None) -> int:
+                      rows: int = 1, chunk_flops: float = CHUNK_FLOPS, fft_from: Optional[int] = None,
+                      split_from: Optional[int] = None) -> int:
     """The first step ``>= t`` (absolute) whose advance does a chunk of a delayed tile, or
     ``max_len`` if none does."""
-    return _schedule(prefill, max_len, block, delay_from, rows, chunk_flops, fft_from).next_delayed_step(t)
-
-
-def _work_cells(w: Work) -> Iterator[tuple[int, int]]:
-    for o, t0, t1 in w.outs:
-        for s in range(w.s0, w.s1):
-            for tt in range(t0, t1):
-                yield s, tt
+    return _schedule(prefill, max_len, block, delay_from, rows, chunk_flops, fft_from,
+                     split_from).next_delayed_step(t)
 
 
 def iter_cells(length: int, prefill: int = 0, block: int = 1,
@@ -397,9 +561,10 @@ def iter_cells(length: int, prefill: int = 0, block: int = 1,
 
 def iter_row_cells(length: int, prefill: int = 0, block: int = 1, delay_from: Optional[int] = None,
                    rows: int = 1, chunk_flops: float = CHUNK_FLOPS,
-                   fft_from: Optional[int] = None) -> Iterator[tuple[str, int, int, int]]:
+                   fft_from: Optional[int] = None,
+                   split_from: Optional[int] = None) -> Iterator[tuple[str, int, int, int]]:
     """Every (kind, s, t, row) cell for outputs ``t < length`` and rows ``< rows``, delayed tiles
-    in their row chunks (see :func:`iter_cells`)."""
+    in their row chunks, split levels in their units (see :func:`iter_cells`, :func:`work_cells`)."""
     _check_block(block)
     for row in range(rows):
         for t in range(min(prefill, length)):
@@ -413,40 +578,42 @@ def iter_row_cells(length: int, prefill: int = 0, block: int = 1, delay_from: Op
         for row in range(rows):
             for s in range(b, t + 1):
                 yield ("red", s, t, row)
-        for w in step_work(t, prefill, length, block, delay_from, rows, chunk_flops, fft_from):
+        for w in step_work(t, prefill, length, block, delay_from, rows, chunk_flops, fft_from, split_from):
             kind = "delayed" if w.delayed else "tile"
-            for row in range(w.r0, w.r1):
-                for s, tt in _work_cells(w):
-                    yield (kind, s, tt, row)
+            for s, tt, row in work_cells(w):
+                yield (kind, s, tt, row)
 
 
 def step_flops(length: int, rows: int = 1, block: int = 1, fft_from: Optional[int] = None,
                delay_from: Optional[int] = None, prefill: int = 0,
-               chunk_flops: float = CHUNK_FLOPS) -> list[float]:
+               chunk_flops: float = CHUNK_FLOPS, split_from: Optional[int] = None) -> list[float]:
     """FLOPs of each step ``t = prefill .. length-1`` (all rows): red cells (2 per pair) and the
-    step's tile work (:func:`tile_flops`; FFT from ``fft_from``, None: all direct)."""
+    step's tile work (:func:`work_flops`; FFT from ``fft_from``, None: all direct)."""
     out = []
     for t in range(prefill, length):
         f = 2.0 * ((t - prefill) % block + 1) * rows
-        for w in step_work(t, prefill, length, block, delay_from, rows, chunk_flops, fft_from):
-            fft = fft_from is not None and w.level >= fft_from
-            f += (w.r1 - w.r0) * tile_flops(w.level, len(w.outs), fft)
+        for w in step_work(t, prefill, length, block, delay_from, rows, chunk_flops, fft_from, split_from):
+            f += work_flops(w, fft_from)
         out.append(f)
     return out
 
 
 def tiling_flops(length: int, channels: int, block: int = 1, fft_from: int | None = None,
-                 batch: int = 1, delay_from: Optional[int] = None) -> dict[str, float]:
+                 batch: int = 1, delay_from: Optional[int] = None, chunk_flops: float = CHUNK_FLOPS,
+                 split_from: Optional[int] = None) -> dict[str, float]:
     """FLOP count of stepping ``length`` positions (prefill 0), by part, as the engine schedules
     them (:func:`tile_flops` per tile).
 
     ``delay_from=None`` is the engine's default (:func:`default_delay_from` of ``batch x
     channels`` rows, ``block``, ``fft_from``); ``delay_from >= length`` counts the schedule
     without delayed tiles. Tiles
-    of levels ``>= fft_from`` are FFT tiles (None: all direct). Equals ``sum(step_flops(...))``.
+    of levels ``>= fft_from`` are FFT tiles (None: all direct); levels ``>= split_from`` (None:
+    :func:`default_split_from` of ``chunk_flops``, ``fft_from``) are split (:func:`split_row_flops`).
+    Equals ``sum(step_flops(...))``.
     """
     rows = channels * batch
     D = default_delay_from(rows, block, fft_from) if delay_from is None else _delay(delay_from, block)
+    S = default_split_from(chunk_flops, fft_from) if split_from is None else _check_split(split_from)
     red = 0.0
     for r in range(length):
         red += 2 * (r % block + 1)
@@ -463,7 +630,14 @@ def tiling_flops(length: int, channels: int, block: int = 1, fft_from: int | Non
         f = 0.0
         a = 0
         while (a + 2) * U < length:
-            f += tile_flops(U, 2 if a % 2 == 0 and (a + 3) * U < length else 1, fft)
+            two = a % 2 == 0 and (a + 3) * U < length
+            if U >= S:
+                V = S // 2
+                J = -(-(min(length, (a + (4 if two else 3)) * U) - (a + 2) * U) // V)
+                f += split_row_flops(U, V, J)
+                fft = True
+            else:
+                f += tile_flops(U, 2 if two else 1, fft)
             a += 1
         parts["fft" if fft else "direct"] += f
     scale = rows

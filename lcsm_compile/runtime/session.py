@@ -68,6 +68,10 @@ class Session:
         self._pos = torch.zeros(1, dtype=torch.long, device=example.device)
         #: intra-op threads of a step (None: leave torch's setting); set and restored per call
         self.threads = threads
+        #: the memory model of this session (:class:`lcsm_compile.runtime.memory.MemoryReport`: the
+        #: bytes by part predicted before allocation, ``.measured`` the tensors as allocated); set
+        #: by :func:`lcsm_compile.session`
+        self.memory = None
 
     # ------------------------------------------------------------------ checks
     def _check(self, x: Any, what: str, length: Optional[int]) -> None:
@@ -141,10 +145,17 @@ class Session:
         self.position = 0
         self._started = False
 
-    def state_dict(self) -> dict:
-        """Everything needed to resume exactly: position and every engine / buffer state."""
+    def state_dict(self, copy: bool = True) -> dict:
+        """Everything needed to resume exactly: position and every engine / buffer state.
+
+        ``copy=False``: the online engines' ``[B, C, max_len]`` buffers as views of the live state,
+        not copies (a checkpoint of a long run without a second copy in memory: write it out, e.g.
+        ``torch.save(sess.state_dict(copy=False), path)``, before the next step). A session made
+        with the same model, ``max_len``, batch and ``engine_options`` (the schedule; fix them for
+        runs to be resumed, docs/memory.md) resumes it with :meth:`load_state_dict`."""
+        prog = self.program.state_dict() if copy else self.program.state_dict(copy=False)
         return {"position": self.position, "max_len": self.max_len, "batch_size": self.batch_size,
-                "program": self.program.state_dict()}
+                "program": prog}
 
     def load_state_dict(self, state: dict) -> None:
         """Resume from :meth:`state_dict` (of a session of the same model, max_len and batch)."""
@@ -192,4 +203,7 @@ class Session:
     def kernel_note(self) -> str:
         """Which kernels the long convolutions run on, and why (from the engines)."""
         notes = sorted({getattr(e, "kernel_note", "torch ops") for e in self.program.engines})
+        modal = getattr(self.program, "modal", None)
+        if modal:  # modal long convolutions: recurrences, not the engine (runtime/modal.py)
+            notes.append(f"{len(modal)} modal recurrence(s)")
         return "; ".join(notes) if notes else "no long convolutions"

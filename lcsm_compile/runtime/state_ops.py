@@ -18,12 +18,14 @@ from typing import List, Optional
 
 import torch
 
-from ..codegen import kernels_for
-from ..codegen.ring import ring_step_reference
+from ..codegen import KERNEL_CODES, STEP_CODES, kernels_for, triton_kernels_for
+from ..codegen.ring import kernels_preference, ring_step_reference
+from ..codegen.triton import MAX_RING_TAPS
 from ..errors import SessionError
-from ..ops import causal_short_conv, register_stateful_impl
+from ..ops import causal_short_conv, compute_dtype, register_stateful_impl
 from . import engine as _engine
 from .engine import OnlineConv, red_step
+from .partitioned import prompt_conv
 
 __all__ = ["engine_for"]
 
@@ -37,6 +39,14 @@ def _native(dtype: torch.dtype, device: torch.device):
     return _NATIVE[key]
 
 
+def _triton(dtype: torch.dtype, device: torch.device):
+    """The Triton kernels for this state, or None (then the torch twins run: same results)."""
+    return triton_kernels_for(dtype, device)[0]
+
+
+_KERNEL_NAMES = {v: k for k, v in KERNEL_CODES.items()}
+
+
 def engine_for(hist: torch.Tensor, acc: torch.Tensor, blk_hist: torch.Tensor, blk_acc: torch.Tensor,
                meta: torch.Tensor, k: torch.Tensor, config: List[int]) -> OnlineConv:
     """The engine of this state, bound to these tensors (module doc)."""
@@ -46,11 +56,16 @@ def engine_for(hist: torch.Tensor, acc: torch.Tensor, blk_hist: torch.Tensor, bl
     if eng is None:
         eng = _engine._ADOPTED.get(uid)
         if eng is None:
-            block, fft_from, delay_from, chunk_flops, torch_kernels = (int(v) for v in config)
+            block, fft_from, delay_from, chunk_flops, code = (int(v) for v in config[:5])
+            split_from = int(config[5]) if len(config) > 5 else None  # configs before split levels: the default
             state = {"hist": hist, "acc": acc, "blk_hist": blk_hist, "blk_acc": blk_acc, "meta": meta}
-            eng = OnlineConv(k, max_len=hist.shape[-1], batch_size=hist.shape[0], dtype=hist.dtype,
-                             block=block, fft_from=fft_from, delay_from=delay_from, chunk_flops=chunk_flops,
-                             kernels="torch" if torch_kernels else "auto", state=state)
+            opts = dict(max_len=hist.shape[-1], batch_size=hist.shape[0], dtype=hist.dtype, block=block,
+                        fft_from=fft_from, delay_from=delay_from, chunk_flops=chunk_flops, state=state,
+                        split_from=split_from, copy_filters=False)
+            try:
+                eng = OnlineConv(k, kernels=_KERNEL_NAMES.get(code, "auto"), **opts)
+            except SessionError:  # kernels='native'/'triton' unavailable here: the state still streams
+                eng = OnlineConv(k, kernels="auto", **opts)
             _engine._ADOPTED[uid] = eng
             while len(_engine._ADOPTED) > _engine._MAX_ADOPTED:
                 _engine._ADOPTED.popitem(last=False)
@@ -62,12 +77,13 @@ def engine_for(hist: torch.Tensor, acc: torch.Tensor, blk_hist: torch.Tensor, bl
 
 def _online_diag(u, blk_hist, blk_acc, kb, meta, c0):
     m = meta.numpy()
-    position, blk_start, native = int(m[0]), int(m[2]), int(m[4])
+    position, blk_start, code = int(m[0]), int(m[2]), int(m[4])
     r = position - blk_start
     if not 0 <= r < blk_hist.shape[0]:
         raise SessionError(f"online_diag: position {position} is outside the current block (start {blk_start}); "
                            f"the state is not consistent")
-    nk = _native(blk_hist.dtype, blk_hist.device) if native else None
+    nk = (_native(blk_hist.dtype, blk_hist.device) if code == STEP_CODES["native"]
+          else _triton(blk_hist.dtype, blk_hist.device) if code == STEP_CODES["triton"] else None)
     return red_step(u, blk_hist, blk_acc, kb, r, c0, nk)
 
 
@@ -88,11 +104,11 @@ def _online_prefill(u, hist, acc, meta, k, c0):
     cd = hist.dtype
     uc = u.to(cd)
     sl = slice(c0, c0 + n)
-    size = 1 << (P + L - 2).bit_length()  # >= P + L - 1: no aliasing below max_len
-    y = torch.fft.irfft(torch.fft.rfft(uc, n=size) * torch.fft.rfft(k[sl], n=size), n=size)[..., :L]
+    if acc.shape[-1] == 0:  # one buffer for inputs and accumulators (OnlineConv's layout)
+        acc = hist
+    y = prompt_conv(uc, k[sl], acc[:, sl, P:])  # bounded memory, as OnlineConv.prefill_member
     hist[:, sl, :P] = uc
-    acc[:, sl, P:] += y[..., P:]
-    return y[..., :P].to(u.dtype)
+    return y.to(u.dtype)
 
 
 def _online_finish_prefill(hist, acc, blk_hist, blk_acc, meta, k, config, length):
@@ -100,9 +116,19 @@ def _online_finish_prefill(hist, acc, blk_hist, blk_acc, meta, k, config, length
 
 
 def _ring_step(u, buf, w, bias: Optional[torch.Tensor], pos):
+    # which kernels (codegen.ring.kernels_preference: the program's ``kernels`` option): Triton
+    # on CUDA ("auto") or where asked for, native C on the CPU, else the torch twin
+    pref = kernels_preference(w)
+    dense = buf.is_contiguous() and w.is_contiguous() and (bias is None or bias.is_contiguous())
+    if pref == "triton" or (pref == "auto" and buf.device.type == "cuda"):
+        tk = _triton(compute_dtype(buf.dtype), buf.device) if dense and buf.shape[-1] <= MAX_RING_TAPS else None
+        if tk is not None:
+            return tk.ring_step(u, buf, w, bias, pos)  # the position read on the device: no host sync
+        return ring_step_reference(u, buf, w, bias, int(pos.reshape(-1)[0]))
     t = int(pos.reshape(-1)[0])
-    nk = _native(buf.dtype, buf.device) if u.dtype == buf.dtype == w.dtype else None
-    if nk is not None and buf.is_contiguous() and w.is_contiguous() and (bias is None or bias.is_contiguous()):
+    nk = (_native(buf.dtype, buf.device) if pref != "torch" and u.dtype == buf.dtype == w.dtype
+          else None)
+    if nk is not None and dense:
         uc = u if u.is_contiguous() else u.contiguous()
         y = torch.empty(uc.shape, dtype=uc.dtype)
         B, C, K = buf.shape
