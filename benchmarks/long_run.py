@@ -390,7 +390,8 @@ def main() -> None:
         "setup_s": setup_s, "prefill_s": prefill_s, "run_s": run_s,
         "memory": {"base_rss": base, "peak_rss": peak, "end_rss": end_rss, "predicted_peak_rss": pred_peak,
                    "peak_error": (pred_peak - peak) / peak if pred_peak else None,
-                   "state_bytes_predicted": mem.state_bytes, "state_bytes_measured": mem.measured.state_bytes,
+                   "state_bytes_predicted": mem.state_bytes - mem.objects_bytes,
+                   "state_bytes_measured": mem.measured.state_bytes, "objects_bytes": mem.objects_bytes,
                    "peak_bytes_per_channel_position": per_cp,
                    "parts": {p.name + (f" ({p.owner})" if p.owner else ""): p.bytes for p in mem.parts},
                    "transients": {p.name: p.bytes for p in mem.transients}, "report": str(mem)},
@@ -470,6 +471,7 @@ def table(r: dict) -> str:
         f"| peak bytes per channel-position | {m['peak_bytes_per_channel_position']:.2f} |",
         f"| state: predicted / allocated tensors | {m['state_bytes_predicted'] / GiB:.3f} / "
         f"{m['state_bytes_measured'] / GiB:.3f} GiB |",
+        f"| graphs and objects (measured when predicted) | {m.get('objects_bytes', 0) / GiB:.3f} GiB |",
         f"| resident after the run | {m['end_rss'] / GiB:.3f} GiB |",
         "",
         "| step time | median | p99 | p99.9 | p99.99 | longest | longest / median |", "|---|---:|---:|---:|---:|---:|---:|",

@@ -170,6 +170,7 @@ def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, 
     # modal recurrences replace the online engine; the baseline engines measure what they name
     modal = opts["modal"] if opts["engine"] == "online" else False
     mp = decide_modal(low, max_len, example.shape[0], modal)  # the modal filters are not folded
+    lowered_rss = memory.resident_bytes()  # the lowering's graphs and objects (the memory model)
     if opts["memory_check"]:  # the fold stage evaluates the filters at max_len: refuse before it
         memory.check_fold(low, max_len, skip=tuple(mp.filters))
     pl = plan(low, max_len, example.shape[0], short_pieces=short, debug_dir=opts["debug_dir"], modal=mp)
@@ -180,7 +181,7 @@ def session(model_or_compiled: Any, example: torch.Tensor, max_len: int = 8192, 
                  prompt_len=example.shape[1], compile_step=_compile_step(opts["compile_step"], max_len))
     mem = memory.plan_report(pl, **mopts)
     mem.base_bytes = base
-    memory.add_process_growth(mem, pl, base)
+    memory.add_process_growth(mem, None if base is None or lowered_rss is None else lowered_rss - base)
     if opts["memory_check"]:
         memory.check_plan(pl, mem, **mopts)
     prog = instantiate(pl, engine=opts["engine"], compile_step=_compile_step(opts["compile_step"], max_len),

@@ -49,7 +49,7 @@ from .codegen import STEP_CODES, select_kernels
 from .errors import ArtifactError, SessionError
 from .ops import compute_dtype
 from .options import SESSION_OPTIONS, check_options
-from .passes.step_graph import state_attr
+from .passes.step_graph import lift_attributes, state_attr
 from .runtime import state_ops as _state_ops  # noqa: F401 - the lcsm ops' implementations
 from .runtime.session import Session
 
@@ -145,29 +145,6 @@ class _Spec:
 
 
 # ------------------------------------------------------------------------------ export
-
-def _lift(gm: fx.GraphModule) -> tuple:
-    """A copy of ``gm`` whose ``get_attr`` tensors are inputs after the data inputs; returns
-    ``(graph module, attribute names in input order)``."""
-    g = copy.deepcopy(gm.graph)
-    last = [n for n in g.nodes if n.op == "placeholder"][-1]
-    names: List[str] = []
-    seen: Dict[str, fx.Node] = {}
-    for n in list(g.nodes):
-        if n.op != "get_attr":
-            continue
-        if n.target not in seen:
-            with g.inserting_after(last):
-                p = g.placeholder("in_" + n.target.replace(".", "_"))
-            p.meta = dict(n.meta)
-            last = seen[n.target] = p
-            names.append(n.target)
-        n.replace_all_uses_with(seen[n.target])
-        g.erase_node(n)
-    out = fx.GraphModule(torch.nn.Module(), g)
-    out.recompile()
-    return out, names
-
 
 def _resolve(gm: fx.GraphModule, target: str) -> torch.Tensor:
     obj: Any = gm
@@ -281,7 +258,7 @@ def export(model: Any, example: torch.Tensor, max_len: int = 8192, path: str = "
                              (slo, short_hi)))
                 entry["short_prefills"].append([short_hi, f"prefill_upto{short_hi}"])
         for name, gm, args, rng in jobs:
-            lifted, names = _lift(gm)
+            lifted, names = lift_attributes(gm)
             vals = [_resolve(gm, n) for n in names]
             dyn = None
             if rng is not None and rng[1] > rng[0]:

@@ -14,6 +14,7 @@ its flags, so a change rebuilds. The cache directory is ``$LCSM_CACHE_DIR``, els
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import getpass
 import hashlib
@@ -87,14 +88,20 @@ def _build(source: str, name: str) -> str:
         if os.path.exists(so):
             return so
         src = os.path.join(d, f"{name}-{key}.c")
-        with open(src + ".tmp", "w") as f:
+        # every builder compiles its own copy of the source (pytest -n 2 on a clean cache builds
+        # in two processes at once: a shared temporary file was truncated under the other's
+        # compiler, which then failed and fell back) and publishes both files atomically
+        tag = f"{os.getpid()}-{threading.get_ident()}"
+        csrc, tmp = f"{src}.{tag}.c", f"{so}.{tag}.tmp"
+        with open(csrc, "w") as f:
             f.write(source)
-        os.replace(src + ".tmp", src)
-        tmp = f"{so}.{os.getpid()}.tmp"
-        proc = subprocess.run([cc, *flags, src, "-o", tmp], capture_output=True, text=True)
+        proc = subprocess.run([cc, *flags, csrc, "-o", tmp], capture_output=True, text=True)
         if proc.returncode == 0:
+            os.replace(csrc, src)
             os.replace(tmp, so)  # atomic: concurrent builders never see a partial library
             return so
+        with contextlib.suppress(OSError):
+            os.remove(csrc)
         last = f"{cc} {' '.join(flags)} {src}: {proc.stderr.strip()[-2000:]}"
     raise NativeBuildError(last)
 

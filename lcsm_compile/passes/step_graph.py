@@ -37,7 +37,7 @@ from .fold_filters import Folded
 from .kv_slots import lower_attention_slot
 from .match_attention import ATTENTION
 
-__all__ = ["Slot", "build_prefill_graph", "build_step_graph", "bind_slots", "rename_slots", "LongSlot",
+__all__ = ["lift_attributes", "Slot", "build_prefill_graph", "build_step_graph", "bind_slots", "rename_slots", "LongSlot",
            "ShortSlot", "lower_slots", "state_attr", "GROUP_STATE", "SHORT_STATE"]
 
 
@@ -299,3 +299,30 @@ def lower_slots(gm: fx.GraphModule, mode: str, longs: Dict[str, LongSlot], short
                                                                 group_len[gi]))
     g.output(fx.map_arg(out_node.args[0], lambda a: env[a]))
     return g
+
+
+def lift_attributes(gm: fx.GraphModule) -> tuple:
+    """A copy of ``gm`` whose ``get_attr`` tensors (weights, folded constants, state) are inputs
+    after its own inputs; returns ``(graph module, attribute names in input order)``.
+
+    Pure. What compilers and exporters that must not treat the state as constants take: the
+    compiled step (:class:`lcsm_compile.runtime.program.CompiledStep`, Inductor without dynamo's
+    guards) and :func:`lcsm_compile.export` (``torch.export``)."""
+    g = copy.deepcopy(gm.graph)
+    last = [n for n in g.nodes if n.op == "placeholder"][-1]
+    names = []
+    seen: Dict[str, fx.Node] = {}
+    for n in list(g.nodes):
+        if n.op != "get_attr":
+            continue
+        if n.target not in seen:
+            with g.inserting_after(last):
+                p = g.placeholder("in_" + n.target.replace(".", "_"))
+            p.meta = dict(n.meta)
+            last = seen[n.target] = p
+            names.append(n.target)
+        n.replace_all_uses_with(seen[n.target])
+        g.erase_node(n)
+    out = fx.GraphModule(torch.nn.Module(), g)
+    out.recompile()
+    return out, names

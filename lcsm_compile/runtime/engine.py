@@ -53,6 +53,7 @@ from ..ops import compute_dtype
 from . import schedule
 from .cost_model import DIRECT_MAX_BYTES, Plan, choose_plan
 from .partitioned import SplitTiles, prompt_conv
+from .threads import intra_op_threads
 
 __all__ = ["OnlineConv"]
 
@@ -294,8 +295,9 @@ class OnlineConv:
         spec = torch.zeros(self.channels, U + 1, dtype=torch.complex128 if self.cdtype == torch.float64
                            else torch.complex64, device=self.device)
         step = max(1, (4 << 20) // (2 * U * self.k.element_size()))
-        for c0 in range(0, self.channels if hi > lo else 0, step):
-            spec[c0:c0 + step] = torch.fft.rfft(self.k[c0:c0 + step, lo:hi], n=2 * U)
+        with intra_op_threads(1):  # the same bits in every process (not saved: runtime/threads.py)
+            for c0 in range(0, self.channels if hi > lo else 0, step):
+                spec[c0:c0 + step] = torch.fft.rfft(self.k[c0:c0 + step, lo:hi], n=2 * U)
         return ("fft", spec)
 
     def _set_schedule(self, prefill: int, position: int) -> None:

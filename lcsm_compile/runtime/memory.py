@@ -656,25 +656,15 @@ def plan_report(pl, *, engine: str = "online", engine_options: Optional[dict] = 
     return rep
 
 
-def add_process_growth(report: MemoryReport, pl, base: Optional[int]) -> None:
-    """Add what the session already holds when the report is made (after lowering and folding,
-    before any state): the resident memory grown since ``base`` minus the folded values (which
-    the filters part counts): the lowered graphs, plans and the allocator's leftovers. Measured,
-    not a formula; part ``graphs and objects``."""
-    now = resident_bytes()
-    if base is None or now is None:
+def add_process_growth(report: MemoryReport, grown: Optional[int]) -> None:
+    """Add what the session already holds when the report is made, before any state: the
+    resident memory grown while lowering the model (``grown``, measured by the caller before the
+    fold: the captured and rewritten graphs, their fake tensors and shape environments). Measured,
+    not a formula; part ``graphs and objects``. (The fold's own leftovers are ``FOLD_SLACK``.)"""
+    if grown is None:
         return
-    seen, folded = set(), 0
-    f = getattr(pl, "folded", None)
-    if f is not None:
-        vals = list(f.filters.values()) + [v for v, _ in f.tables.values()] + list(f.constants.values())
-        for t in vals:
-            if isinstance(t, torch.Tensor) and t.untyped_storage().data_ptr() not in seen:
-                seen.add(t.untyped_storage().data_ptr())
-                folded += t.untyped_storage().nbytes()
-    grown = max(0, now - base - folded)
-    report.parts.append(Part("graphs and objects", grown, "measured when predicted: the process' growth since "
-                                                          "the session began, less the folded values"))
+    report.parts.append(Part("graphs and objects", max(0, int(grown)), "measured: the process' growth while "
+                                                                       "lowering the model"))
 
 
 def check_plan(pl, report: MemoryReport, **options) -> None:

@@ -11,7 +11,6 @@ past ``max_len``) raises :class:`~lcsm_compile.SessionError` and leaves the sess
 
 from __future__ import annotations
 
-import contextlib
 from typing import Any, Optional
 
 import torch
@@ -20,22 +19,7 @@ from ..errors import SessionError
 
 __all__ = ["Session", "intra_op_threads"]
 
-
-@contextlib.contextmanager
-def intra_op_threads(n: Optional[int]):
-    """Run the block with ``n`` intra-op threads (None: unchanged), restored afterwards. A step
-    is a few thousand tiny ops: on a shared CPU, OpenMP threads on them cost more than they
-    give (measured: 1.6 ms/token with 1 thread, 2.1 ms with 2 on a quiet machine, 11 ms with
-    2 while another process spins), so steps default to one thread."""
-    old = torch.get_num_threads()
-    if n is None or n == old:
-        yield
-        return
-    torch.set_num_threads(n)
-    try:
-        yield
-    finally:
-        torch.set_num_threads(old)
+from .threads import intra_op_threads  # noqa: E402 - re-exported: the public place of the helper
 
 
 def _dense_strides(shape) -> tuple:
