@@ -286,6 +286,8 @@ def main() -> None:
     ap.add_argument("--compile-step", default="auto")
     ap.add_argument("--chunk-flops", type=float, default=None,
                     help="the engine's chunk budget (engine_options; default: schedule.CHUNK_FLOPS)")
+    ap.add_argument("--split-from", type=int, default=None,
+                    help="the engine's first split level (engine_options; default: the engine's)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -313,7 +315,7 @@ def main() -> None:
     log(f"base resident {base / GiB:.3f} GiB; available {memory.available_bytes() / GiB:.1f} GiB")
 
     t0 = time.perf_counter()
-    eopts = {"chunk_flops": args.chunk_flops} if args.chunk_flops else None
+    eopts = {k: v for k, v in (("chunk_flops", args.chunk_flops), ("split_from", args.split_from)) if v} or None
     sess = lcsm_compile.session(model, ids, max_len=L, compile_step=cs, engine_options=eopts)
     setup_s = time.perf_counter() - t0
     mem = sess.memory

@@ -19,7 +19,9 @@ from typing import Any, Optional
 import torch
 
 from .capture import find_logits, probe_input, unwrap_model
+from .codegen import kernel_sources, select_kernels
 from .errors import SessionError
+from .ops import compute_dtype
 from .options import KERNELS, SESSION_OPTIONS, check_options, resolve_debug_dir
 from .passes.modal import MODAL_OPTIONS
 from .pipeline import decide_modal
@@ -387,6 +389,14 @@ def explain(model_or_compiled: Any, example: torch.Tensor, **options: Any) -> Ex
                       low.valid_range, dict(low.stage_times), low)
     exp.conv_paths = paths
     exp.attention, exp.batch_size, exp.max_len = low.attention, example.shape[0], options.get("max_len")
+    if low.streamable:  # which kernels a session with these options runs, and their sources
+        dtype = next((g.dtype for g in groups), torch.float32)
+        try:
+            exp.kernels = select_kernels(options.get("kernels", "auto"), compute_dtype(dtype),
+                                         getattr(example, "device", "cpu")).note
+        except SessionError as e:
+            exp.kernels = str(e)
+        exp.kernel_sources = kernel_sources()
     if pl is not None and pl.groups is not None:  # the state's bytes by part (docs/memory.md)
         mopts = dict(engine=options.get("engine", "online"), engine_options=options.get("engine_options"),
                      kernels=options.get("kernels", "auto"), prompt_len=example.shape[1])

@@ -31,7 +31,6 @@ the same machine.
 
 from __future__ import annotations
 
-import copy
 import io
 import json
 import os

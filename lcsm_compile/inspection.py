@@ -117,15 +117,9 @@ def inspect_report(session: Any, title: Optional[str] = None) -> str:
     note = getattr(session, "kernel_note", None)
     if note and not any(p.get("kernels") for p in schedule_params(prog)):
         lines += ["", f"kernels: {note}"]
-    from .codegen import SOURCE, _NAME
-    from .codegen.native import built_source
-    from .codegen.triton import emitted_sources as triton_sources
+    from .codegen import kernel_sources
 
-    src = built_source(SOURCE, _NAME)
-    lines.append(f"kernel source (C: red cells, block transposes, direct tiles, ring step): "
-                 f"{src or 'not built in this cache'}")
-    lines.append(f"kernel source (Triton, from codegen/triton/*.py.tmpl: red step, direct tile, ring step): "
-                 f"{', '.join(triton_sources()) or 'not emitted in this cache'}")
+    lines += [f"kernel source ({what}): {path}" for what, path in kernel_sources()]
     pre, step = getattr(prog, "prefill_gm", plan.prefill_gm), getattr(prog, "step_gm", plan.step_gm)
     lines += ["", "## prefill program (the convolutions are stateful lcsm ops on the state buffers)", _code(pre),
               "", "## step program (one position: x_t, pos)", _code(step)]

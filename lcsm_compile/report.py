@@ -172,6 +172,10 @@ class Explanation:
     #: the session's memory by part (``lcsm_compile.runtime.memory``): a report at ``max_len`` when
     #: given, else the formulas in B, C and ``max_len``; None for a model that does not stream
     memory: Optional[Any] = None
+    #: which kernels a session with these options runs and why (``select_kernels``' note), and
+    #: the emitted kernel sources in the kernel cache (``[(what, path)]``; empty until built)
+    kernels: str = ""
+    kernel_sources: list = dataclasses.field(default_factory=list)
 
     def errors(self):
         """Every refusal as an :class:`lcsm_compile.UnsupportedModelError`."""
@@ -223,6 +227,10 @@ class Explanation:
             for r in self.refusals:
                 t.add_row(r.op or "-", (r.source or "?") + (f"\n{r.code}" if r.code else ""), r.reason)
             con.print(t)
+        if self.kernels:
+            con.print(f"kernels: {self.kernels}", highlight=False, markup=False)
+            for what, path in self.kernel_sources:
+                con.print(f"  {what}: {path}", highlight=False, markup=False)
         if self.groups:
             t = Table(title="cross-layer parallel groups (one batched tile launch per step each)", expand=False)
             for col in ("group", "members (mixer depth)", "channels", "batch", "dtype"):

@@ -80,3 +80,25 @@ def test_refusal_becomes_unsupported_model_error():
     (err, *_) = rep.errors()
     assert isinstance(err, lcsm_compile.UnsupportedModelError) and isinstance(err, ValueError)
     assert err.op == "aten.flip" and "_frontend_models.py" in err.source and "flip" in str(err)
+
+
+def test_explain_lists_the_kernels_and_their_sources(monkeypatch):
+    """``explain`` says which kernels a session with these options runs (and why), and where
+    the emitted sources are in the kernel cache; an option that cannot run here says so."""
+    from lcsm_compile.models import HyenaLM
+
+    model = HyenaLM(vocab=32, d_model=16, n_layers=2, max_len=64).eval()
+    x = torch.randint(0, 32, (1, 8))
+    lcsm_compile.session(model, x, max_len=64)  # builds the native library (when a C compiler exists)
+    exp = lcsm_compile.explain(model, x, max_len=64)
+    text = str(exp)
+    assert exp.kernels and f"kernels: {exp.kernels}" in text
+    assert [w for w, _ in exp.kernel_sources][0].startswith("C:") and len(exp.kernel_sources) == 2
+    for what, path in exp.kernel_sources:
+        assert what in text
+        if path.endswith(".c"):
+            assert path in text and open(path).read().lstrip().startswith(("#", "/*", "typedef"))
+    assert lcsm_compile.explain(model, x, max_len=64, kernels="torch").kernels.startswith("torch ops")
+    # Triton on the CPU without the interpreter: the reason, not an exception
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert "not available" in lcsm_compile.explain(model, x, max_len=64, kernels="triton").kernels

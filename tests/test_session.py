@@ -56,6 +56,32 @@ def test_teacher_forcing(entry_model, P, B, engine_options):
     assert_golden(got, ref, golden_forward(model, x), what=e.name)
 
 
+def test_fullgraph_step_teacher_forcing(entry_model):
+    """Every example model: its step program under ``torch.compile(fullgraph=True)`` (dynamo
+    with ``aot_eager``: the whole functionalization of the ops' mutations, no graph break)
+    streams exactly like the model's forward (the lowering is the one the teacher-forcing test
+    above made for this model; Inductor's own compile is tested on two models in
+    test_step_program.py)."""
+    e, model = entry_model
+    x = e.make_input(3, L_TOTAL)
+    with torch.no_grad():
+        ref = tensors(model(x))
+    sess = lcsm_compile.session(model, x[:, :2], max_len=MAX_LEN, engine_options={"block": 2, "fft_from": 4})
+    first = tensors(sess.prefill(x[:, :1]))
+    torch._dynamo.reset()
+    fn = torch.compile(sess.program.step_gm, backend="aot_eager", fullgraph=True, dynamic=False)
+    pos = torch.zeros(1, dtype=torch.long)
+    outs = [first]
+    with torch.no_grad():
+        for t in range(1, L_TOTAL):
+            pos.fill_(t)
+            outs.append(list(fn(x[:, t:t + 1].contiguous(), pos)))
+    torch._dynamo.reset()
+    got = [torch.cat([o[i] for o in outs], 1) for i in range(len(ref))]
+    assert all(g.position == L_TOTAL for g in sess.program.engines)  # (modal filters: no engine)
+    assert_golden(got, ref, golden_forward(model, x), what=e.name)
+
+
 BF16 = [e for e in STREAMABLE if "bf16-ok" in e.tags]
 
 

@@ -35,7 +35,7 @@ from ..errors import SessionError
 from . import native, red_cells, ring, tiles
 from . import triton as triton_kernels
 
-__all__ = ["SOURCE", "CpuKernels", "kernels_for", "KERNEL_CODES", "KernelChoice", "select_kernels"]
+__all__ = ["SOURCE", "CpuKernels", "kernels_for", "KERNEL_CODES", "KernelChoice", "select_kernels", "kernel_sources"]
 
 #: the emitted C library: the shared prelude, then each kernel family's source
 SOURCE = native.PRELUDE + red_cells.SOURCE + tiles.SOURCE + ring.SOURCE
@@ -150,3 +150,14 @@ def select_kernels(kernels: str, dtype: torch.dtype, device: Any) -> KernelChoic
 def triton_kernels_for(dtype: torch.dtype, device: Any):
     """Capability check of the Triton kernels (:func:`lcsm_compile.codegen.triton.triton_kernels_for`)."""
     return triton_kernels.triton_kernels_for(dtype, device)
+
+
+def kernel_sources() -> list:
+    """The emitted kernel sources in the kernel cache (``$LCSM_CACHE_DIR``), as ``[(what, path
+    or a note)]``: the C library and each emitted Triton module (listed by ``explain`` and
+    ``lcsm inspect``)."""
+    src = native.built_source(SOURCE, _NAME)
+    tri = triton_kernels.emitted_sources()
+    return [("C: red cells, block transposes, direct tiles, ring step", src or "not built in this cache"),
+            ("Triton, from codegen/triton/*.py.tmpl: red step, direct tile, ring step",
+             ", ".join(tri) or "not emitted in this cache")]

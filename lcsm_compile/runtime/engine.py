@@ -105,7 +105,7 @@ def red_step(u: torch.Tensor, blk_hist: torch.Tensor, blk_acc: torch.Tensor, kb:
             if len(_RED_PARAMS) > 4096:
                 _RED_PARAMS.clear()
             params = _RED_PARAMS[key] = red_cells.red_step_params(blk_hist, blk_acc, kb, c0, n)
-        y = torch.empty(uc.shape, dtype=cd)
+        y = torch.empty_like(uc)  # uc is in the state's dtype here (2 us less than empty(shape, dtype))
         nk.red_step(params.data_ptr(), uc.data_ptr(), y.data_ptr(), r)
     else:
         sl = slice(c0, c0 + n)

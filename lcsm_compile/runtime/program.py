@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import importlib
 import logging
 import math
 import time
@@ -34,7 +35,7 @@ from ..codegen.ring import prefer_kernels
 from ..errors import SessionError
 from ..ops import compute_dtype
 from ..passes.common import SHORT_CONV
-from ..passes.step_graph import LongSlot, ShortSlot, bind_slots, lower_slots, state_attr
+from ..passes.step_graph import LongSlot, ShortSlot, bind_slots, lift_attributes, lower_slots, state_attr
 from . import state_ops as _state_ops  # noqa: F401 - registers the implementations of the lcsm ops
 from .baselines import EagerConv, LazyConv, NullConv
 from .engine import OnlineConv
@@ -44,7 +45,7 @@ from .memory import group_filters
 from .modal import modal_states  # also registers the implementations of lcsm::modal_step / modal_prefill
 from ..passes.modal import lower_modal_slots
 
-__all__ = ["StreamProgram", "instantiate", "ENGINES", "Ring", "CompiledStep"]
+__all__ = ["StreamProgram", "instantiate", "ENGINES", "Ring", "CompiledStep", "InductorStep"]
 
 log = logging.getLogger("lcsm_compile")
 
@@ -349,16 +350,53 @@ class CompiledStep:
 
 def _compile(step_gm: fx.GraphModule, whole: bool) -> Callable:
     """Compile the step program with Inductor (CPU C++ kernels for the position-wise work, the
-    ``lcsm`` ops extern calls). With the online engine the program is one graph
-    (``fullgraph=True``); with a baseline engine its Python members stay opaque calls
-    (``torch._dynamo.disable``) and the graph is compiled as the segments between them."""
+    ``lcsm`` ops extern calls), on the first call.
+
+    With the online engine the program is one graph, already captured with static shapes:
+    :class:`InductorStep` hands it to Inductor directly (``torch._inductor.compile``, its tensors
+    lifted to inputs), with no dynamo frame around it, so a call pays no guard check (0.4-0.5 ms
+    per token on this project's CPU for a 4 x 256 model: docs/benchmarks.md section 6). With a
+    baseline engine its Python members stay opaque calls (``torch._dynamo.disable``) and
+    ``torch.compile`` compiles the graph as the segments between them."""
+    if whole:
+        return InductorStep(step_gm)
     import torch._dynamo
 
-    if not whole:
-        step_gm = fx.GraphModule(step_gm, copy.deepcopy(step_gm.graph))
-        for n in step_gm.graph.nodes:
-            if n.op == "call_function" and isinstance(getattr(n.target, "__self__", None), LongMember):
-                n.target = torch._dynamo.disable(n.target)
-        step_gm.recompile()
-    return torch.compile(step_gm, backend="inductor", dynamic=False, fullgraph=whole,
+    step_gm = fx.GraphModule(step_gm, copy.deepcopy(step_gm.graph))
+    for n in step_gm.graph.nodes:
+        if n.op == "call_function" and isinstance(getattr(n.target, "__self__", None), LongMember):
+            n.target = torch._dynamo.disable(n.target)
+    step_gm.recompile()
+    return torch.compile(step_gm, backend="inductor", dynamic=False, fullgraph=False,
                          options={"cpp.threads": 1})
+
+
+class InductorStep:
+    """The one-graph step program compiled by Inductor without dynamo (:func:`_compile`).
+
+    Its weights, folded constants and state tensors are inputs of the compiled graph
+    (:func:`~lcsm_compile.passes.step_graph.lift_attributes`: never constants, the state ops
+    mutate them), passed on every call. Inputs are checked where dynamo's guards used to be:
+    token ids of another integer dtype are converted (exact), an input of another layout made
+    compact; anything else the session's own checks refuse before a step runs. Compiled on the
+    first call (Inductor's cache keeps it across processes)."""
+
+    def __init__(self, gm: fx.GraphModule):
+        self.lifted, names = lift_attributes(gm)
+        self.tensors = tuple(_resolve(gm, n) for n in names)
+        self.fn: Optional[Callable] = None
+        self._x: Optional[tuple] = None
+
+    def __call__(self, x_t: torch.Tensor, pos: torch.Tensor):
+        if self.fn is None:
+            inductor = importlib.import_module("torch._inductor")  # loaded when first needed
+            x_t = x_t.clone(memory_format=torch.contiguous_format)
+            fn = inductor.compile(self.lifted, [x_t, pos, *self.tensors], options={"cpp.threads": 1})
+            self.fn, self._x = fn, (x_t.dtype, x_t.shape, x_t.stride())
+        elif (x_t.dtype, x_t.shape, x_t.stride()) != self._x:
+            dtype, shape, _ = self._x
+            if x_t.shape != shape or (x_t.dtype != dtype and (x_t.is_floating_point() or x_t.is_complex())):
+                raise SessionError(f"step input {tuple(x_t.shape)} {x_t.dtype}: the step program was compiled "
+                                   f"for {tuple(shape)} {dtype}")
+            x_t = x_t.to(dtype).clone(memory_format=torch.contiguous_format)
+        return self.fn(x_t, pos, *self.tensors)

@@ -50,7 +50,7 @@ _KERNEL_NAMES = {v: k for k, v in KERNEL_CODES.items()}
 def engine_for(hist: torch.Tensor, acc: torch.Tensor, blk_hist: torch.Tensor, blk_acc: torch.Tensor,
                meta: torch.Tensor, k: torch.Tensor, config: List[int]) -> OnlineConv:
     """The engine of this state, bound to these tensors (module doc)."""
-    uid = int(meta[3])
+    uid = meta.tolist()[3]
     ref = _engine._ENGINES.get(uid)
     eng = ref() if ref is not None else None
     if eng is None:
@@ -76,8 +76,8 @@ def engine_for(hist: torch.Tensor, acc: torch.Tensor, blk_hist: torch.Tensor, bl
 
 
 def _online_diag(u, blk_hist, blk_acc, kb, meta, c0):
-    m = meta.numpy()
-    position, blk_start, code = int(m[0]), int(m[2]), int(m[4])
+    m = meta.tolist()
+    position, blk_start, code = m[0], m[2], m[4]
     r = position - blk_start
     if not 0 <= r < blk_hist.shape[0]:
         raise SessionError(f"online_diag: position {position} is outside the current block (start {blk_start}); "
@@ -125,12 +125,12 @@ def _ring_step(u, buf, w, bias: Optional[torch.Tensor], pos):
         if tk is not None:
             return tk.ring_step(u, buf, w, bias, pos)  # the position read on the device: no host sync
         return ring_step_reference(u, buf, w, bias, int(pos.reshape(-1)[0]))
-    t = int(pos.reshape(-1)[0])
+    t = int(pos.item())  # one element on the CPU (a Python op's microseconds count: a step calls it per layer)
     nk = (_native(buf.dtype, buf.device) if pref != "torch" and u.dtype == buf.dtype == w.dtype
           else None)
     if nk is not None and dense:
         uc = u if u.is_contiguous() else u.contiguous()
-        y = torch.empty(uc.shape, dtype=uc.dtype)
+        y = torch.empty_like(uc)
         B, C, K = buf.shape
         nk.ring_step(buf.data_ptr(), w.data_ptr(), None if bias is None else bias.data_ptr(), uc.data_ptr(),
                      y.data_ptr(), B, C, K, t)
