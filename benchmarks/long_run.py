@@ -288,6 +288,8 @@ def main() -> None:
                     help="the engine's chunk budget (engine_options; default: schedule.CHUNK_FLOPS)")
     ap.add_argument("--split-from", type=int, default=None,
                     help="the engine's first split level (engine_options; default: the engine's)")
+    ap.add_argument("--gc-freeze", action="store_true",
+                    help="gc.freeze() after the first step (the collector then scans only objects made during the run)")
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -342,6 +344,18 @@ def main() -> None:
         lg = sess.step(x)
         first_step_s = time.perf_counter() - t0
         x = lg[:, -1:].argmax(-1)
+        if args.gc_freeze:  # everything made so far (torch, Inductor, the session) out of the collector's scans
+            gc.freeze()
+        gc_events: list = []  # (generation, seconds, position) of each collection during the steps
+        gc_start: list = [0.0]
+
+        def on_gc(phase, info):
+            if phase == "start":
+                gc_start[0] = time.perf_counter()
+            else:
+                gc_events.append((info["generation"], time.perf_counter() - gc_start[0], rec.pos))
+
+        gc.callbacks.append(on_gc)
         t_run = time.perf_counter()
         last = t_run
         for i in range(1, steps):
@@ -367,6 +381,9 @@ def main() -> None:
                     f"{memory.resident_bytes() / GiB:.3f} GiB (peak {memory.peak_resident_bytes() / GiB:.3f}), "
                     f"longest step so far {wall[:done].max() * 1e3:.1f} ms at {P + int(wall[:done].argmax())}")
         run_s = time.perf_counter() - t_run
+        gc.callbacks.remove(on_gc)
+        if args.gc_freeze:
+            gc.unfreeze()
     peak = memory.peak_resident_bytes()
     end_rss = memory.resident_bytes()
     log(f"done: {steps} steps in {run_s:.0f} s; peak resident {peak / GiB:.3f} GiB, now {end_rss / GiB:.3f} GiB")
@@ -410,6 +427,18 @@ def main() -> None:
     topc = np.argsort(cpu)[-8:][::-1]
     res["longest_cpu_steps"] = [{"position": P + int(i), "wall_ms": wall[i] * 1e3, "cpu_ms": cpu[i] * 1e3,
                                  "work": work_at(eng, P + int(i))} for i in topc]
+    gc_at: dict = {}
+    for g, sec, pos in gc_events:
+        gc_at.setdefault(pos, []).append((g, sec))
+    res["gc"] = {"freeze": bool(args.gc_freeze),
+                 "collections": {str(g): {"n": sum(1 for e in gc_events if e[0] == g),
+                                          "longest_ms": max([e[1] for e in gc_events if e[0] == g], default=0) * 1e3}
+                                 for g in (0, 1, 2)}}
+    for lst in (res["longest_steps"], res["longest_cpu_steps"]):
+        for st in lst:
+            hits = gc_at.get(st["position"], [])
+            if hits:
+                st["work"] += "; " + ", ".join(f"gen{g} GC {sec * 1e3:.1f} ms" for g, sec in hits)
     for r in res["longest_steps"]:
         log(f"long step at {r['position']}: wall {r['wall_ms']:.2f} ms, cpu {r['cpu_ms']:.2f} ms: {r['work']}")
 
@@ -489,6 +518,10 @@ def table(r: dict) -> str:
         "Longest steps (thread CPU time): " +
         "; ".join(f"{s['position']}: {s['cpu_ms']:.1f} ms CPU / {s['wall_ms']:.1f} ms wall ({s['work']})"
                   for s in r["longest_cpu_steps"][:5]) + ".",
+        "",
+        "Garbage collections during the steps" + (" (after gc.freeze())" if r.get("gc", {}).get("freeze") else "")
+        + ": " + ", ".join(f"gen{g} {v['n']} (longest {v['longest_ms']:.1f} ms)"
+                          for g, v in r.get("gc", {}).get("collections", {}).items()) + ".",
         "",
         f"Setup {r['setup_s']:.0f} s, prefill {r['prefill_s']:.1f} s, first step (compiles the step program) "
         f"{r['first_step_s']:.1f} s, the other steps {r['run_s']:.0f} s "

@@ -30,6 +30,7 @@ from .report import Explanation, refusal_error
 from .runtime import memory
 from .runtime.program import instantiate
 from .runtime.session import Session
+from .runtime.threads import frozen_gc
 
 __all__ = ["session", "generate", "explain", "sample_next"]
 
@@ -325,8 +326,6 @@ def generate_on(sess: Session, ids: torch.Tensor, max_new_tokens: int, do_sample
         bar = tqdm(total=N, desc="lcsm generate", unit="tok", dynamic_ncols=True)
     t0 = time.perf_counter()
     logits = _logits(sess.prefill(ids), P)[:, -1]
-    n = 0
-    shown = t0
 
     def postfix(done: int) -> str:  # tokens/s and memory (resident now vs the model's peak)
         dt = time.perf_counter() - t0
@@ -338,23 +337,26 @@ def generate_on(sess: Session, ids: torch.Tensor, max_new_tokens: int, do_sample
                 txt += f" (predicted peak {mem.peak_rss / 2**30:.2f})"
         return txt
 
+    n = 0
+    shown = t0
     try:
-        for i in range(N):
-            nxt = sample_next(logits, do_sample, temperature, top_k, top_p, generator)
-            if eos_token_id is not None:
-                nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
-                finished |= nxt == eos_token_id
-            out[:, P + i] = nxt
-            n = i + 1
-            if bar is not None:
-                bar.update(1)
-                if time.perf_counter() - shown > 0.5:
-                    shown = time.perf_counter()
-                    bar.set_postfix_str(postfix(n), refresh=False)
-            if eos_token_id is not None and bool(finished.all()):
-                break
-            if i + 1 < N:
-                logits = _logits(sess.step(nxt[:, None]), 1)[:, -1]
+        with frozen_gc():  # no collector pauses over the model's objects during the steps (runtime/threads.py)
+            for i in range(N):
+                nxt = sample_next(logits, do_sample, temperature, top_k, top_p, generator)
+                if eos_token_id is not None:
+                    nxt = torch.where(finished, torch.full_like(nxt, eos_token_id), nxt)
+                    finished |= nxt == eos_token_id
+                out[:, P + i] = nxt
+                n = i + 1
+                if bar is not None:
+                    bar.update(1)
+                    if time.perf_counter() - shown > 0.5:
+                        shown = time.perf_counter()
+                        bar.set_postfix_str(postfix(n), refresh=False)
+                if eos_token_id is not None and bool(finished.all()):
+                    break
+                if i + 1 < N:
+                    logits = _logits(sess.step(nxt[:, None]), 1)[:, -1]
     finally:
         if bar is not None:
             bar.set_postfix_str(postfix(n))

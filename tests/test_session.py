@@ -549,3 +549,33 @@ def test_steps_run_single_threaded_and_restore_the_thread_count(monkeypatch):
             lcsm_compile.session(model, x[:, :4], max_len=16, threads=0)
     finally:
         torch.set_num_threads(prev)
+
+
+def test_generate_freezes_the_collector_only_while_it_runs(monkeypatch):
+    """``generate`` runs its steps under ``gc.freeze()`` (no collector pauses over the model's
+    objects) and leaves nothing frozen; a user's own freeze is left alone."""
+    import gc
+
+    from lcsm_compile.runtime import threads
+
+    seen = []
+    real_step = lcsm_compile.runtime.session.Session.step
+
+    def step(self, x_t):
+        seen.append(gc.get_freeze_count())
+        return real_step(self, x_t)
+
+    monkeypatch.setattr(lcsm_compile.runtime.session.Session, "step", step)
+    model = zoo.get("safari_hyena_o2").build()
+    ids = zoo.get("safari_hyena_o2").make_input(1, 4)
+    assert gc.get_freeze_count() == 0
+    lcsm_compile.generate(model, ids, max_new_tokens=5, max_len=16, progress=False)
+    assert len(seen) == 4 and all(c > 0 for c in seen) and gc.get_freeze_count() == 0
+    gc.freeze()  # the user's own freeze: kept as it is
+    try:
+        n = gc.get_freeze_count()
+        with threads.frozen_gc():
+            assert gc.get_freeze_count() == n
+        assert gc.get_freeze_count() == n
+    finally:
+        gc.unfreeze()

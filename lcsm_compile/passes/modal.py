@@ -991,15 +991,7 @@ class _Interp:
             a = _Modes(a.c.unsqueeze(0), a.z.unsqueeze(0), a.td + 1, a.real)
         while b.c.dim() - 1 < vt.dim():
             b = _Modes(b.c.unsqueeze(0), b.z.unsqueeze(0), b.td + 1, b.real)
-        shape = []
-        for i, s in enumerate(vt.shape):
-            if i == td:
-                shape.append(1)
-                continue
-            e = self.ta.normalize(to_expr(s))
-            if not e.is_number:
-                raise self.fail(n, f"a non-time dim of symbolic size {e}")
-            shape.append(int(e))
+        shape = self.mode_shape(n, td)
         a = _Modes(a.c.expand(*shape, a.c.shape[-1]), a.z.expand(*shape, a.z.shape[-1]), td, a.real)
         b = _Modes(b.c.expand(*shape, b.c.shape[-1]), b.z.expand(*shape, b.z.shape[-1]), td, b.real)
         conv = _conv_modes(self.exact(a), self.exact(b), lambda why: self.fail(n, why))

@@ -1,20 +1,25 @@
-"""Intra-op thread counts around the runtime's work.
+"""Intra-op thread counts and the garbage collector around the runtime's work.
 
 Steps run on one thread by default (:class:`~lcsm_compile.runtime.session.Session`), and data
 that every process must compute to the same bits (the filter spectra, which are not part of a
 saved state) is computed on a fixed thread count: torch's CPU FFTs give different roundings at
 different thread counts for some sizes (measured: ``rfft`` of ``[32, 16]`` at ``n=16``), so a
 state saved by a process with 2 threads would not resume bitwise in one with 1.
+
+:func:`frozen_gc` keeps the collector's pauses out of a generation loop: measured on a 2^17
+run (docs/benchmarks.md section 10), young-generation collections during the steps took up to
+11.8 ms without it and 0.8 ms with it.
 """
 
 from __future__ import annotations
 
 import contextlib
+import gc
 from typing import Optional
 
 import torch
 
-__all__ = ["intra_op_threads"]
+__all__ = ["intra_op_threads", "frozen_gc"]
 
 
 @contextlib.contextmanager
@@ -32,3 +37,20 @@ def intra_op_threads(n: Optional[int]):
         yield
     finally:
         torch.set_num_threads(old)
+
+
+@contextlib.contextmanager
+def frozen_gc():
+    """``gc.freeze()`` for the block, ``gc.unfreeze()`` after: the objects that exist when it
+    starts (torch's, the compiled programs', the session's) are left out of the collector's
+    scans, so a collection during a step scans only what the loop made. Objects made in the
+    block are collected as usual; nothing is kept alive. Does nothing where someone froze
+    objects already (their freeze is theirs to undo) or where ``gc.freeze`` is missing."""
+    if not hasattr(gc, "freeze") or gc.get_freeze_count() > 0:
+        yield
+        return
+    gc.freeze()
+    try:
+        yield
+    finally:
+        gc.unfreeze()
