@@ -759,8 +759,7 @@ class _Interp:
             cc = torch.einsum(eq, A, c)
             zz = z.unsqueeze(-3).expand_as(cc)
             cc, zz = cc.flatten(-2).unsqueeze(-2), zz.flatten(-2).unsqueeze(-2)  # [(b,) i, 1, k*M]
-            return _Modes(cc, zz, m.ndim - 1, out_real) if not out_real else \
-                _Modes(cc, zz, m.ndim - 1, True)
+            return _Modes(cc, zz, m.ndim - 1, out_real)
         m = self.exact(self.expand(n.args[0], x))
         A = torch.as_tensor(self.scalar_or_tensor(n, y)).to(_C)
         if m.td != m.ndim - 2:
