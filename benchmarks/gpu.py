@@ -149,7 +149,12 @@ def gen_online(model, ids, P: int, L: int, dev, **opts) -> dict:
             sess.prefill(ids[:, :P])
             for t in range(P, L):
                 sess.step(ids[:, t:t + 1])
-        run()  # warm-up: Triton / Inductor compile on first use
+        # warm-up: Triton / Inductor compile on first use, CUDA graphs captured (one per
+        # red-cell row: the first block of steps); the timed run is a fresh one
+        sess.reset()
+        sess.prefill(ids[:, :P])
+        for t in range(P, min(L, P + 512)):
+            sess.step(ids[:, t:t + 1])
         sess.reset()
         sess.prefill(ids[:, :P])
         sync(dev)
@@ -159,6 +164,9 @@ def gen_online(model, ids, P: int, L: int, dev, **opts) -> dict:
         sync(dev)
         el = time.perf_counter() - t0
     out = {"per_token_s": el / (L - P), "note": sess.kernel_note}
+    setup = getattr(sess.program.step_fn, "setup_s", None)
+    if setup is not None:
+        out["compile_s"] = setup
     return out
 
 
@@ -212,6 +220,10 @@ def main() -> int:
     ap.add_argument("--latency", action="store_true", help="also one online run with a sync after every step")
     ap.add_argument("--compile", action="store_true", help="also time compile_step=True in generation")
     ap.add_argument("--skip-generate", action="store_true")
+    ap.add_argument("--skip-mixer", action="store_true")
+    ap.add_argument("--gen-max-log2", type=int, default=None, help="largest generation L (default --max-log2)")
+    ap.add_argument("--gen-uncompiled-max-log2", type=int, default=14,
+                    help="largest L at which the uncompiled online variants run (each runs every step)")
     ap.add_argument("--quick", action="store_true", help="small sizes: a smoke test of the script")
     ap.add_argument("--out", default="gpu")
     args = ap.parse_args()
@@ -240,8 +252,9 @@ def main() -> int:
     errors: dict = {}
 
     # mixer
-    mixer = {}
-    for L in Ls:
+    mixer: dict = {}
+    gen: dict = {}
+    for L in [] if args.skip_mixer else Ls:
         row = {}
         for name, kern in (("online_auto", "auto"), ("online_torch", "torch")):
             r = _guard(f"mixer {name} L={L}", lambda kern=kern: mixer_online(
@@ -254,21 +267,23 @@ def main() -> int:
             if r is not None:
                 row[name] = r
         mixer[L] = row
+        _report(out_name, gpu, args, mixer, gen, errors, final=False)
         print(f"mixer L={L}: " + ", ".join(f"{k} {_ms(v['per_token_s'])} ms/token" for k, v in row.items()))
         if dev.type == "cuda":
             torch.cuda.empty_cache()
 
     # generate
-    gen = {}
     if not args.skip_generate:
-        Lmax = Ls[-1]
+        gLs = [L for L in Ls if args.gen_max_log2 is None or L <= 1 << args.gen_max_log2]
+        Lmax = gLs[-1]
         model = HyenaLM(vocab=256, d_model=args.d_model, n_layers=args.layers, max_len=Lmax).eval().to(dev)
         ids = torch.randint(0, 256, (args.batch, Lmax), device=dev)
         P = 16
-        for L in Ls:
+        for L in gLs:
             row = {}
-            variants = [("online_auto", dict(kernels="auto", compile_step=False)),
-                        ("online_torch", dict(kernels="torch", compile_step=False))]
+            variants = [] if L > 1 << args.gen_uncompiled_max_log2 else [
+                ("online_auto", dict(kernels="auto", compile_step=False)),
+                ("online_torch", dict(kernels="torch", compile_step=False))]
             if args.compile:
                 variants.append(("online_auto_compiled", dict(kernels="auto", compile_step=True)))
             for name, opts in variants:
@@ -284,44 +299,73 @@ def main() -> int:
             if r is not None:
                 row["recompute"] = r
             gen[L] = row
+            _report(out_name, gpu, args, mixer, gen, errors, final=False)
             print(f"generate L={L}: " + ", ".join(f"{k} {_ms(v['per_token_s'])} ms/token" for k, v in row.items()))
             if dev.type == "cuda":
                 torch.cuda.empty_cache()
 
-    # tables
-    def table(res: dict, title: str) -> str:
-        cols = sorted({k for row in res.values() for k in row}, key=lambda c: (not c.startswith("online"), c))
-        lines = [f"### {title} (ms per token; * = sampled and integrated)", "",
-                 "| L | " + " | ".join(cols) + " | " + " | ".join(f"{c} / online_auto" for c in cols
-                                                                  if c != "online_auto") + " |",
-                 "|---|" + "---:|" * (2 * len(cols) - (1 if "online_auto" in cols else 0))]
-        for L, row in res.items():
-            base = row.get("online_auto", {}).get("per_token_s")
-            cells = [(_ms(row[c]["per_token_s"]) + ("*" if row[c].get("sampled") else "")) if c in row else "failed"
-                     for c in cols]
-            ratios = [(f"{row[c]['per_token_s'] / base:.1f}x" if c in row and base else "-") for c in cols
-                      if c != "online_auto"]
-            lines.append(f"| 2^{int(math.log2(L))} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
-        slopes = []
-        for c in cols:
-            pts = [(L, row[c]["per_token_s"]) for L, row in res.items() if c in row]
-            if len(pts) >= 2:
-                slopes.append(f"{c} {loglog_slope([p[0] for p in pts], [p[1] * p[0] for p in pts]):.2f}")
-        lines += ["", "log-log slope of total time vs L: " + ", ".join(slopes)]
-        return "\n".join(lines)
+    _report(out_name, gpu, args, mixer, gen, errors, final=True)
+    return 0
 
-    notes = sorted({v["note"] for row in list(mixer.values()) + list(gen.values()) for v in row.values() if "note" in v})
+
+def _table(res: dict, title: str, base_col: str) -> str:
+    """Markdown table of ``res`` (L -> variant -> result), ratios against ``base_col``."""
+    cols = sorted({k for row in res.values() for k in row}, key=lambda c: (not c.startswith("online"), c))
+    if base_col not in cols:
+        base_col = "online_auto"
+    others = [c for c in cols if c != base_col]
+    lines = [f"### {title} (ms per token; * = sampled and integrated; - = not run at this L)", "",
+             "| L | " + " | ".join(cols) + " | " + " | ".join(f"{c} / {base_col}" for c in others) + " |",
+             "|---|" + "---:|" * (len(cols) + len(others))]
+    for L, row in res.items():
+        base = row.get(base_col, {}).get("per_token_s")
+        cells = [(_ms(row[c]["per_token_s"]) + ("*" if row[c].get("sampled") else "")) if c in row else "-"
+                 for c in cols]
+        ratios = [(f"{row[c]['per_token_s'] / base:.1f}x" if c in row and base else "-") for c in others]
+        lines.append(f"| 2^{int(math.log2(L))} | " + " | ".join(cells) + " | " + " | ".join(ratios) + " |")
+    slopes = []
+    for c in cols:
+        pts = [(L, row[c]["per_token_s"]) for L, row in res.items() if c in row]
+        if len(pts) >= 2:
+            slopes.append(f"{c} {loglog_slope([p[0] for p in pts], [p[1] * p[0] for p in pts]):.2f}")
+    lines += ["", "log-log slope of total time vs L: " + ", ".join(slopes)]
+    return "\n".join(lines)
+
+
+def _report(out_name: str, gpu: dict, args, mixer: dict, gen: dict, errors: dict, final: bool) -> None:
+    """Write the results so far (after every row: a run stopped at a time limit keeps them)."""
+    rows = list(mixer.values()) + list(gen.values())
+    # one line per kernel choice (a compiled session's note also counts its CUDA graphs' replays)
+    notes = sorted({v["note"].split("; CUDA graphs")[0] for row in rows for v in row.values() if "note" in v})
+    graphs = [f"2^{int(math.log2(L))}: {v['note'].split('; ', 1)[1]}" for L, r in gen.items() for v in r.values()
+              if "CUDA graphs" in v.get("note", "")]
     text = [f"Device: {gpu}. Channels {args.channels}, batch {args.batch}, fp32.",
-            "Kernels: " + "; ".join(notes), "", table(mixer, "mixer (one group of long convolutions)")]
+            "Command: `python benchmarks/gpu.py " + " ".join(sys.argv[1:]) + "`",
+            "Kernels: " + "; ".join(notes)]
+    if mixer:
+        text += ["", _table(mixer, "mixer (one group of long convolutions)", "online_auto")]
+    lat = [(L, r["online_auto"]) for L, r in mixer.items() if "max_step_s" in r.get("online_auto", {})]
+    if lat:
+        text += ["", "Longest single step of online_auto (a sync after every step): " + ", ".join(
+            f"2^{int(math.log2(L))}: {r['max_step_s'] * 1e3:.3f} ms at t={r['max_pos']} = "
+            f"{r['max_step_s'] / r['median_step_s']:.1f}x the median {r['median_step_s'] * 1e3:.3f} ms" for L, r in lat)]
     if gen:
-        text += ["", table(gen, f"generate (HyenaLM {args.layers} x {args.d_model}, prompt 16)")]
+        text += ["", _table(gen, f"generate (HyenaLM {args.layers} x {args.d_model}, prompt 16)", "online_auto_compiled")]
+        comp = [f"2^{int(math.log2(L))}: {r['online_auto_compiled']['compile_s']:.1f} s" for L, r in gen.items()
+                if "compile_s" in r.get("online_auto_compiled", {})]
+        if comp:
+            text += ["", "compile_step setup (Inductor compile + first step): " + ", ".join(comp)]
+        if graphs:
+            text += ["", "Compiled step on CUDA: " + "; ".join(graphs)]
     if errors:
         text += ["", "Failed (recorded, not measured):"] + [f"- {k}: {v}" for k, v in errors.items()]
+    if not final:
+        text += ["", "(partial: the run had not finished when this was written)"]
     payload = {"device": gpu, "args": vars(args), "mixer": mixer, "generate": gen, "errors": errors}
     jp, mp = write_results(out_name, payload, "\n".join(text))
-    print("\n".join(text))
-    print(f"wrote {jp} and {mp}")
-    return 0
+    if final:
+        print("\n".join(text))
+        print(f"wrote {jp} and {mp}")
 
 
 if __name__ == "__main__":

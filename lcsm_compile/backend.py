@@ -50,7 +50,7 @@ import torch
 import torch.fx as fx
 
 from . import ops as _ops  # noqa: F401 - registers torch.ops.lcsm
-from .capture.helpers import route_contract_in_dynamo
+from .capture.helpers import math_attention, route_contract_in_dynamo
 from .options import BACKEND_OPTIONS, check_options
 from .report import GraphReport
 
@@ -165,7 +165,7 @@ class LcsmBackend:
             state["fallback"] = True
             return g.forward
 
-        with torch.no_grad():  # inference backend: always the inference graph
+        with torch.no_grad(), math_attention():  # inference graph; SDPA as its math (capture.helpers)
             compiled = aot_autograd(fw_compiler=training_compiler, inference_compiler=inference_compiler,
                                     decompositions=core_aten_decompositions())(gm, example_inputs)
             if fallback == "inductor" and state["fallback"]:

@@ -146,6 +146,22 @@ def _short_conv_fake(u: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tens
 # * ``ring_prefill(u [B, C, P], buf!, w, bias?) -> y [B, C, P]`` (from position 0, ``buf`` zero)
 
 _LIB = torch.library.Library("lcsm", "FRAGMENT")
+
+#: tags of the ops that read host state (the position in ``meta``, the schedule): a CUDA graph
+#: that captured one would replay its first call's position. Inductor's own CUDA graphs
+#: (``mode="reduce-overhead"``) leave such ops out (measured wrong without the tag: 0.25
+#: relative error); this project's graphs key on the one host value that varies
+#: (runtime/cuda_graphs.py). The tag exists in torch >= 2.8 (older: no tag).
+HOST_STATE_TAGS = tuple(t for t in (getattr(torch.Tag, "cudagraph_unsafe", None),) if t is not None)
+
+
+def _define(schema: str) -> None:
+    try:
+        _LIB.define(schema, tags=HOST_STATE_TAGS)
+    except TypeError:  # a torch whose define takes no tags
+        _LIB.define(schema)
+
+
 STATEFUL_SCHEMAS = {
     "online_diag": "online_diag(Tensor u, Tensor(a!) blk_hist, Tensor blk_acc, Tensor kb, Tensor meta, "
                    "int c0) -> Tensor",
@@ -159,7 +175,7 @@ STATEFUL_SCHEMAS = {
     "ring_prefill": "ring_prefill(Tensor u, Tensor(a!) buf, Tensor w, Tensor? bias) -> Tensor",
 }
 for _schema in STATEFUL_SCHEMAS.values():
-    _LIB.define(_schema)
+    _define(_schema)
 
 
 def _fake_like_u(u, *args):
@@ -246,9 +262,9 @@ def _causal_attention_fake(q, k, v, scale, window, slopes):
     return v.new_empty((*q.shape[:-1], v.shape[-1]))
 
 
-_LIB.define("kv_attend(Tensor q, Tensor k, Tensor v, Tensor(a!) kcache, Tensor(b!) vcache, Tensor pos, "
+_define("kv_attend(Tensor q, Tensor k, Tensor v, Tensor(a!) kcache, Tensor(b!) vcache, Tensor pos, "
             "float scale, int window, float[]? slopes, int kv_group) -> Tensor")
-_LIB.define("kv_prefill(Tensor q, Tensor k, Tensor v, Tensor(a!) kcache, Tensor(b!) vcache, float scale, "
+_define("kv_prefill(Tensor q, Tensor k, Tensor v, Tensor(a!) kcache, Tensor(b!) vcache, float scale, "
             "int window, float[]? slopes, int kv_group) -> Tensor")
 
 
@@ -275,7 +291,7 @@ __all__ += ["causal_attention", "causal_attention_math"]
 #   outputs by one FFT convolution with ``h[:P]`` regenerated from the poles and residues, the
 #   state at the prompt's end by a chunked Vandermonde sum).
 
-_LIB.define("modal_step(Tensor u, Tensor(a!) state, Tensor poles, Tensor residues, Tensor pos) -> Tensor")
-_LIB.define("modal_prefill(Tensor u, Tensor(a!) state, Tensor poles, Tensor residues) -> Tensor")
+_define("modal_step(Tensor u, Tensor(a!) state, Tensor poles, Tensor residues, Tensor pos) -> Tensor")
+_define("modal_prefill(Tensor u, Tensor(a!) state, Tensor poles, Tensor residues) -> Tensor")
 for _name in ("modal_step", "modal_prefill"):
     torch.library.register_fake(f"lcsm::{_name}", _fake_like_u, lib=_LIB)

@@ -579,3 +579,25 @@ def test_generate_freezes_the_collector_only_while_it_runs(monkeypatch):
         assert gc.get_freeze_count() == n
     finally:
         gc.unfreeze()
+
+
+def test_fp32_convolutions_around_cuda_programs(monkeypatch):
+    """On CUDA the programs run with cuDNN's TF32 off (a Conv1d(k=1) projection ran at TF32
+    precision in the step and in fp32 in the full forward on an H100: 2.9e-4 vs 1.6e-7); the
+    user's setting is restored afterwards, also after an error; nothing changes off CUDA."""
+    from lcsm_compile.runtime import threads
+    cudnn = torch.backends.cudnn
+    monkeypatch.setattr(cudnn, "allow_tf32", True)
+    with threads.fp32_convolutions(True):
+        assert cudnn.allow_tf32 is False
+    assert cudnn.allow_tf32 is True
+    with pytest.raises(RuntimeError):
+        with threads.fp32_convolutions(True):
+            raise RuntimeError("a failing step")
+    assert cudnn.allow_tf32 is True
+    with threads.fp32_convolutions(False):
+        assert cudnn.allow_tf32 is True
+    monkeypatch.setattr(cudnn, "allow_tf32", False)  # the user's own choice: kept
+    with threads.fp32_convolutions(True):
+        assert cudnn.allow_tf32 is False
+    assert cudnn.allow_tf32 is False

@@ -118,6 +118,42 @@ def test_inductor_compiled_step_by_option(build):
         step.fn(torch.zeros(2, 1, dtype=torch.long), sess._pos)  # not the session's batch
 
 
+@pytest.mark.parametrize("P", [0, 5])
+def test_split_tile_work_runs_the_same_step(P):
+    """The CUDA-graph step's split (passes.step_graph.split_tile_work): the body without the
+    advances, then the advances, teacher-forced on the CPU, equals the model; the body holds
+    no advance and no attribute only the advances read; a modal model's body names its
+    host-position op as the reason it cannot be captured, a plain Hyena's names none."""
+    from lcsm_compile.passes.step_graph import AttrRef, split_tile_work
+    torch.manual_seed(0)
+    model = HyenaLM(vocab=48, d_model=16, n_layers=2, max_len=96).eval()
+    x = torch.randint(0, 48, (3, 29))
+    with torch.no_grad():
+        ref = tensors(model(x))
+    sess, first = _prefilled(model, x, P, 64, compile_step=False, engine_options={"block": 4})
+    prog = sess.program
+    body, calls, blockers = split_tile_work(prog.step_gm)
+    assert blockers == [] and len(calls) == len(prog.engines)
+    assert OPS.online_advance.default not in _targets(body) and OPS.online_advance.default in _targets(prog.step_gm)
+    assert not any(n.op == "get_attr" and not n.users for n in body.graph.nodes)
+    resolved = [(op, [getattr(prog.step_gm, a.name) if isinstance(a, AttrRef) else a for a in args])
+                for op, args in calls]
+
+    def split_step(x_t, pos):
+        outs = body(x_t, pos)
+        for op, args in resolved:
+            op(*args)
+        return outs
+
+    got = [torch.cat([a, b], 1) for a, b in zip(first, _steps(split_step, x, P))]
+    assert_golden(got, ref, golden_forward(model, x), what="body + tile work")
+    striped = StripedHyenaLM(vocab=48, d_model=16, n_layers=2).eval()
+    s2 = lcsm_compile.session(striped, x[:, :3], max_len=64, compile_step=False)
+    assert s2.program.modal  # verified modal filters: recurrences
+    why = " ".join(w for _, w in split_tile_work(s2.program.step_gm)[2])
+    assert "modal_step" in why and "host" in why
+
+
 def test_export_keeps_ops_and_streams_after_the_engine_is_gone():
     """``torch.export`` of the step program keeps the lcsm ops as nodes (also after
     ``run_decompositions``); the exported program streams exactly, sharing the session's state,

@@ -442,6 +442,81 @@ def test_gpu_compiled_step_teacher_forcing(mode, monkeypatch):
 
 @pytest.mark.gpu
 @needs_cuda
+@pytest.mark.parametrize("P", [0, 7])
+def test_gpu_compiled_step_replays_cuda_graphs(P, monkeypatch):
+    """``compile_step=True`` on CUDA (runtime/cuda_graphs.py): the body of the step replayed as
+    one CUDA graph per red-cell row (block 16: 16 graphs), the tile work launched after it;
+    teacher-forced exact at every position, earlier outputs never overwritten, batch 3."""
+    from lcsm_compile.runtime.cuda_graphs import CudaGraphStep
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = HyenaLM(vocab=48, d_model=32, n_layers=2, max_len=256).eval().to(dev)
+    x = torch.randint(0, 48, (3, 150), device=dev)
+    with torch.no_grad():
+        ref = [t.cpu() for t in tensors(model(x))]
+    sess = lcsm_compile.session(model, x[:, :7], max_len=256, compile_step=True, engine_options={"block": 16})
+    outs = [tensors(sess.prefill(x[:, :P]))]
+    for t in range(P, x.shape[1]):
+        outs.append(tensors(sess.step(x[:, t:t + 1])))
+    got = [torch.cat([o[i].cpu() for o in outs], 1) for i in range(len(ref))]
+    assert_golden(got, ref, golden_forward(model.cpu(), x.cpu()), what=f"CUDA-graph step P={P}")
+    step = sess.program.step_fn.fn
+    assert isinstance(step, CudaGraphStep) and step.reason is None, step.note
+    assert len(step.graphs) == 16 and step.replays == x.shape[1] - P - 16, step.note
+    assert "CUDA graphs" in sess.kernel_note
+
+
+@pytest.mark.gpu
+@needs_cuda
+def test_gpu_cuda_graphs_off_with_the_reason_for_host_position_ops(monkeypatch):
+    """A modal model's recurrence reads the position on the host: no graphs, the reason kept,
+    the compiled step still exact."""
+    from lcsm_compile.models import StripedHyenaLM
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    dev = torch.device("cuda")
+    torch.manual_seed(0)
+    model = StripedHyenaLM(vocab=48, d_model=32, n_layers=2).eval().to(dev)
+    x = torch.randint(0, 48, (2, 40), device=dev)
+    with torch.no_grad():
+        ref = [t.cpu() for t in tensors(model(x))]
+    sess = lcsm_compile.session(model, x[:, :5], max_len=64, compile_step=True)
+    outs = [tensors(sess.prefill(x[:, :5]))] + [tensors(sess.step(x[:, t:t + 1])) for t in range(5, 40)]
+    got = [torch.cat([o[i].cpu() for o in outs], 1) for i in range(len(ref))]
+    assert_golden(got, ref, golden_forward(model.cpu(), x.cpu()), what="compiled modal step on CUDA")
+    step = sess.program.step_fn.fn
+    assert step.reason is not None and "modal_step" in step.reason and not step.graphs
+
+
+def _zoo_streamable():
+    sys.path.insert(0, str(ROOT))
+    from examples import idioms
+    return idioms.streamable()
+
+
+@pytest.mark.gpu
+@needs_cuda
+@pytest.mark.parametrize("e", _zoo_streamable() if torch.cuda.is_available() else [], ids=lambda e: e.name)
+def test_gpu_every_example_model_teacher_forced(e, monkeypatch):
+    """Every streamable example model on CUDA (state on the device, kernels="auto": Triton),
+    prefill of 5 and 45 steps at batch 2, equals its forward on the GPU and an fp64 golden."""
+    import copy
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    dev = torch.device("cuda")
+    cpu_model = e.build()
+    model = copy.deepcopy(cpu_model).to(dev)
+    x = e.make_input(2, 50)
+    xd = x.to(dev)
+    with torch.no_grad():
+        ref = [t.cpu() for t in tensors(model(xd))]
+    sess = lcsm_compile.session(model, xd[:, :5], max_len=64, compile_step=False)
+    outs = [tensors(sess.prefill(xd[:, :5]))] + [tensors(sess.step(xd[:, t:t + 1])) for t in range(5, 50)]
+    got = [torch.cat([o[i].cpu() for o in outs], 1) for i in range(len(ref))]
+    assert_golden(got, ref, golden_forward(cpu_model, x), what=f"{e.name} on CUDA")
+
+
+@pytest.mark.gpu
+@needs_cuda
 def test_gpu_benchmark_script_runs(tmp_path):
     proc = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "gpu.py"), "--quick", "--out", "gpu_quick_test"],
                           capture_output=True, text=True, timeout=1200)

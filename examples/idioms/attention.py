@@ -125,8 +125,8 @@ class GQAAlibiAttention(_Heads):
         rep = self.heads // self.kv_heads
         k = k.repeat_interleave(rep, dim=1)
         v = v.repeat_interleave(rep, dim=1)
-        i = torch.arange(L)[:, None]
-        j = torch.arange(L)[None, :]
+        i = torch.arange(L, device=x.device)[:, None]
+        j = torch.arange(L, device=x.device)[None, :]
         dist = (i - j).to(q.dtype)
         bias = -self.slopes[:, None, None] * dist                       # ALiBi [H, L, L]
         blocked = (j > i) | (i - j >= self.window)                      # causal + sliding window
@@ -211,8 +211,8 @@ class PrefixLMAttention(_Heads):
     def forward(self, x):
         L = x.shape[1]
         q, k, v = self.qkv(x)
-        i = torch.arange(L)[:, None]
-        j = torch.arange(L)[None, :]
+        i = torch.arange(L, device=x.device)[:, None]
+        j = torch.arange(L, device=x.device)[None, :]
         allowed = (j <= i) | (j < PREFIX)
         scores = (q @ k.transpose(-2, -1)) / math.sqrt(self.dh)
         scores = scores.masked_fill(~allowed, float("-inf"))
@@ -241,8 +241,8 @@ class LearnedBiasAttention(_Heads):
     def forward(self, x):
         L = x.shape[1]
         q, k, v = self.qkv(x)
-        i = torch.arange(L)[:, None]
-        j = torch.arange(L)[None, :]
+        i = torch.arange(L, device=x.device)[:, None]
+        j = torch.arange(L, device=x.device)[None, :]
         bias = self.rel[:, (i - j).clamp(min=0)].masked_fill(j > i, float("-inf"))
         return self.merge(((q @ k.transpose(-2, -1)) / math.sqrt(self.dh) + bias).softmax(-1) @ v)
 

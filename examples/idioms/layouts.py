@@ -31,7 +31,7 @@ class DampedOscFilter(nn.Module):
         self.amp = nn.Parameter(torch.randn(d) * 0.5)
 
     def forward(self, L):
-        t = torch.arange(L, dtype=torch.float32)[:, None]  # [L, 1]
+        t = torch.arange(L, dtype=torch.float32, device=self.amp.device)[:, None]  # [L, 1]
         return self.amp * torch.exp(-self.log_a.exp() * t) * torch.cos(self.omega * t + self.phi)
 
 
@@ -114,7 +114,7 @@ class BitLengthLayer(nn.Module):
         self.norm = nn.LayerNorm(d)
 
     def kernel(self, L):
-        pos = torch.arange(L, dtype=torch.float32)[:, None]
+        pos = torch.arange(L, dtype=torch.float32, device=self.decay.device)[:, None]
         feats = torch.cat([pos / self.max_len, torch.cos(pos * 0.3)], dim=-1)  # [L, 2]
         return self.filter_net(feats) * torch.exp(-self.decay.exp() * pos)  # [L, d]
 

@@ -170,3 +170,21 @@ def route_contract_in_dynamo() -> bool:
     _DYNAMO_ROUTED = True
     return True
 
+
+@contextlib.contextmanager
+def math_attention() -> Iterator[None]:
+    """Trace ``F.scaled_dot_product_attention`` as its math on every device.
+
+    On the CPU the core decompositions turn SDPA into two batched matmuls around a softmax
+    (what :mod:`lcsm_compile.passes.match_attention` matches); on CUDA it dispatches to fused
+    kernels (``_scaled_dot_product_efficient_attention``, flash, cuDNN) that no decomposition
+    opens, and a hybrid model was refused there ("not known to act position by position", seen
+    on an H100). Selecting the math backend while tracing gives every device the same graph
+    (the math is also the exact one: no fused-kernel rounding)."""
+    try:
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+    except ImportError:  # a torch without the selector: the device's default
+        yield
+        return
+    with sdpa_kernel([SDPBackend.MATH]):
+        yield

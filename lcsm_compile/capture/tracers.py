@@ -40,7 +40,7 @@ import sympy
 import torch
 import torch.fx as fx
 
-from .helpers import routed_contract
+from .helpers import math_attention, routed_contract
 from .inputs import capture_input, input_kind_of, unwrap_model
 from .outputs import OutSpec, flatten_output
 from .source import source_of_exception
@@ -417,10 +417,12 @@ def capture_model(model: Any, example: torch.Tensor, *, time_dim: int = 1,
     cap = None
     for Lc in lengths or _CAPTURE_LENGTHS:  # a second length if a size coincidence specialized the first
         xc = capture_input(example, Lc, static_batch)
-        fast = _capture_make_fx(model, xc, kind, time_dim)
+        with math_attention():  # SDPA as matmuls + softmax on every device (helpers.math_attention)
+            fast = _capture_make_fx(model, xc, kind, time_dim)
         if fast.gm is not None and fast.error is None and (fast.batch_symbol is not None or static_batch):
             return fast
-        cap = _capture_dynamo(model, xc, kind, time_dim)
+        with math_attention():
+            cap = _capture_dynamo(model, xc, kind, time_dim)
         if cap.gm is not None and cap.error is None:
             return cap
         if not (cap.error and "specialized" in cap.error[0]):

@@ -446,11 +446,11 @@ def verify_attention(gm: fx.GraphModule, regions: Sequence[AttentionRegion], ta:
 
 
 def _fills(dtype: torch.dtype, gen: torch.Generator, zero_qk: bool, r: AttentionRegion) -> Dict[fx.Node, Callable]:
-    def rnd(x):
-        return torch.randn(x.shape, generator=gen, dtype=torch.float64).to(dtype)
+    def rnd(x):  # drawn on the CPU (one generator for every device), placed on the region's device
+        return torch.randn(x.shape, generator=gen, dtype=torch.float64).to(device=x.device, dtype=dtype)
 
     def zero(x):
-        return torch.zeros(x.shape, dtype=dtype)
+        return torch.zeros(x.shape, dtype=dtype, device=x.device)
     return {r.u: zero if zero_qk else rnd, r.kt: zero if zero_qk else rnd, r.v: rnd}
 
 
@@ -495,7 +495,7 @@ def _verify_one(gm, r: AttentionRegion, ta: TimeAxis, make_args, lengths: List[i
             raise RuntimeError("the region does not run on probe inputs")
         Lr = z[r.u].shape[1]
         N = z[r.u].shape[0]
-        S0 = z[r.softmax.args[0]].double()
+        S0 = z[r.softmax.args[0]].double().cpu()  # the mask analysis runs on the CPU
         if S0.numel() != N * Lr * Lr:
             raise RuntimeError(f"scores of {S0.numel()} values for N={N}, L={Lr}")
         S0s[Lr] = S0.reshape(N, Lr, Lr)
@@ -529,9 +529,9 @@ def _verify_one(gm, r: AttentionRegion, ta: TimeAxis, make_args, lengths: List[i
             q, kt, v, y = res[r.u], res[r.kt], res[r.v], res[r.y]
             if rdt == dt:
                 owns.append((res[("own", r.kt)], res[("own", r.v)]))
-            S = res[r.softmax.args[0]].double().reshape(q.shape[0], Lr, Lr)
+            S = res[r.softmax.args[0]].double().cpu().reshape(q.shape[0], Lr, Lr)
             S0 = S0s[Lr] if Lr in S0s else None
-            qk = torch.bmm(q.double(), kt.double())
+            qk = torch.bmm(q.double(), kt.double()).cpu()
             if r.scale is None and S0 is not None:
                 keep = S0 > _MASKED
                 dS = (S - S0)[keep]

@@ -37,7 +37,7 @@ from .fold_filters import Folded
 from .kv_slots import lower_attention_slot
 from .match_attention import ATTENTION
 
-__all__ = ["lift_attributes", "Slot", "build_prefill_graph", "build_step_graph", "bind_slots", "rename_slots", "LongSlot",
+__all__ = ["lift_attributes", "split_tile_work", "AttrRef", "HOST_POSITION_OPS", "Slot", "build_prefill_graph", "build_step_graph", "bind_slots", "rename_slots", "LongSlot",
            "ShortSlot", "lower_slots", "state_attr", "GROUP_STATE", "SHORT_STATE"]
 
 
@@ -326,3 +326,64 @@ def lift_attributes(gm: fx.GraphModule) -> tuple:
     out = fx.GraphModule(torch.nn.Module(), g)
     out.recompile()
     return out, names
+
+
+@dataclasses.dataclass(frozen=True)
+class AttrRef:
+    """An argument of a call :func:`split_tile_work` took out: the program's attribute ``name``."""
+
+    name: str
+
+
+#: lcsm ops whose step reads the absolute position on the host (their work changes with it in a
+#: way a kernel argument fixed at capture cannot follow): a step holding one is not captured as
+#: a CUDA graph (runtime/cuda_graphs.py); ``online_diag`` reads only the row in its block
+#: (the graph key) and ``ring_step``'s Triton kernel reads the position on the device
+HOST_POSITION_OPS = {
+    "kv_attend": "attends over a KV cache whose length grows with the position (shapes change per step)",
+    "modal_step": "reads the position on the host",
+    "online_advance": "runs the position's tile work from the host schedule",
+}
+
+
+def split_tile_work(gm: fx.GraphModule) -> tuple:
+    """The step program without its ``lcsm::online_advance`` calls, and those calls.
+
+    Pure (``gm`` unchanged). Returns ``(body, calls, blockers)``: ``body`` a new GraphModule
+    with the same signature and outputs and every other node; ``calls`` a list of
+    ``(op, args)`` in graph order, each argument a constant or an :class:`AttrRef` (the
+    advances take only state, filters and their schedule); ``blockers`` the ``(node name,
+    why)`` of ``body``'s ops in :data:`HOST_POSITION_OPS` (empty: every kernel of ``body``
+    takes the same arguments at every position with the same red-cell row).
+
+    Exact to run as ``body(x_t, pos)`` then the calls in order: an advance reads and writes
+    only its group's state, which ``body`` reads (the red cells) before any advance in the
+    original program too, since :func:`lower_slots` puts the advances after the last
+    computation. What the CUDA-graph step (``runtime/cuda_graphs.py``) captures is ``body``."""
+    g = copy.deepcopy(gm.graph)
+    adv = torch.ops.lcsm.online_advance.default
+    calls = []
+    for n in list(g.nodes):
+        if n.op == "call_function" and n.target is adv:
+            if n.users:
+                raise ValueError(f"split_tile_work: {n.name} has users")
+            args = []
+            for a in n.args:
+                if isinstance(a, fx.Node):
+                    if a.op != "get_attr":
+                        raise ValueError(f"split_tile_work: {n.name} takes {a.name}, not an attribute")
+                    args.append(AttrRef(a.target))
+                else:
+                    args.append(a)
+            calls.append((n.target, tuple(args)))
+            g.erase_node(n)
+    for n in list(g.nodes):  # the attributes only the advances read
+        if n.op == "get_attr" and not n.users:
+            g.erase_node(n)
+    blockers = []
+    for n in g.nodes:
+        if n.op == "call_function" and isinstance(n.target, torch._ops.OpOverload) \
+                and n.target.namespace == "lcsm" and n.target._opname in HOST_POSITION_OPS:
+            blockers.append((n.name, f"lcsm::{n.target._opname} {HOST_POSITION_OPS[n.target._opname]}"))
+    body = fx.GraphModule(gm, g, class_name=type(gm).__name__ + "Body")
+    return body, calls, blockers

@@ -310,7 +310,7 @@ def _verify(gm, regions, ta, make_args, lengths) -> List[Region]:
         gen = torch.Generator().manual_seed(1234 + L)
 
         def rnd(x):
-            return torch.randn(x.shape, generator=gen, dtype=torch.float64).to(x.dtype)
+            return torch.randn(x.shape, generator=gen, dtype=torch.float64).to(device=x.device, dtype=x.dtype)
 
         probes = {
             "rand": rnd,

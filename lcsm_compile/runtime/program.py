@@ -347,6 +347,14 @@ class CompiledStep:
         log.info("lcsm: step program compiled in %.1f s", self.setup_s)
         return out
 
+    @property
+    def note(self) -> str:
+        """How the step runs: compiled (and on CUDA whether it replays graphs), or why not."""
+        if self.failed is not None:
+            return f"step uncompiled (compiling failed: {self.failed})"
+        extra = getattr(self.fn, "note", None)
+        return "step compiled by Inductor" + (f"; {extra}" if extra else "")
+
 
 def _compile(step_gm: fx.GraphModule, whole: bool) -> Callable:
     """Compile the step program with Inductor (CPU C++ kernels for the position-wise work, the
@@ -359,6 +367,9 @@ def _compile(step_gm: fx.GraphModule, whole: bool) -> Callable:
     baseline engine its Python members stay opaque calls (``torch._dynamo.disable``) and
     ``torch.compile`` compiles the graph as the segments between them."""
     if whole:
+        if _on_cuda(step_gm):  # the body replayed as CUDA graphs, the tile work launched after it
+            from .cuda_graphs import CudaGraphStep
+            return CudaGraphStep(step_gm, InductorStep)
         return InductorStep(step_gm)
     import torch._dynamo
 
@@ -369,6 +380,16 @@ def _compile(step_gm: fx.GraphModule, whole: bool) -> Callable:
     step_gm.recompile()
     return torch.compile(step_gm, backend="inductor", dynamic=False, fullgraph=False,
                          options={"cpp.threads": 1})
+
+
+def _on_cuda(gm: fx.GraphModule) -> bool:
+    """Whether the program's state (its attribute tensors) lives on a CUDA device."""
+    for n in gm.graph.nodes:
+        if n.op == "get_attr":
+            t = _resolve(gm, n.target)
+            if isinstance(t, torch.Tensor) and t.device.type == "cuda":
+                return True
+    return False
 
 
 class InductorStep:

@@ -20,6 +20,7 @@ from ..errors import SessionError
 __all__ = ["Session", "intra_op_threads"]
 
 from .threads import intra_op_threads  # noqa: E402 - re-exported: the public place of the helper
+from .threads import fp32_convolutions  # noqa: E402
 
 
 def _dense_strides(shape) -> tuple:
@@ -50,6 +51,7 @@ class Session:
         self.position = 0
         self._started = False
         self._pos = torch.zeros(1, dtype=torch.long, device=example.device)
+        self._cuda = example.device.type == "cuda"  # cuDNN in fp32 around the programs (threads.fp32_convolutions)
         #: intra-op threads of a step (None: leave torch's setting); set and restored per call
         self.threads = threads
         #: the memory model of this session (:class:`lcsm_compile.runtime.memory.MemoryReport`: the
@@ -96,7 +98,7 @@ class Session:
         if x.shape[1] == 0:
             self._started = True
             return self._empty_outputs(x)
-        with torch.no_grad():
+        with torch.no_grad(), fp32_convolutions(self._cuda):
             outs = self.program.prefill(x.contiguous())
         self.position = x.shape[1]
         self._started = True
@@ -114,7 +116,7 @@ class Session:
             # compiled step (static shapes) would see a new stride, a recompile, every token
             x_t = x_t.clone(memory_format=torch.contiguous_format)
         try:
-            with torch.no_grad(), intra_op_threads(self.threads):
+            with torch.no_grad(), intra_op_threads(self.threads), fp32_convolutions(self._cuda):
                 outs = self.program.step(x_t, self._pos)
         except SessionError as e:
             if getattr(e, "state_reset", False):  # the program was reset (an error in its tile work)
@@ -190,4 +192,7 @@ class Session:
         modal = getattr(self.program, "modal", None)
         if modal:  # modal long convolutions: recurrences, not the engine (runtime/modal.py)
             notes.append(f"{len(modal)} modal recurrence(s)")
+        step = getattr(getattr(self.program, "step_fn", None), "note", None)  # a compiled step: CUDA graphs?
+        if step and "CUDA graphs" in step:
+            notes.append(step.split("; ", 1)[-1])
         return "; ".join(notes) if notes else "no long convolutions"

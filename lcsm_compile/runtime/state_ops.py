@@ -27,7 +27,7 @@ from . import engine as _engine
 from .engine import OnlineConv, red_step
 from .partitioned import prompt_conv
 
-__all__ = ["engine_for"]
+__all__ = ["engine_for", "ring_triton"]
 
 _NATIVE: dict = {}
 
@@ -115,16 +115,27 @@ def _online_finish_prefill(hist, acc, blk_hist, blk_acc, meta, k, config, length
     engine_for(hist, acc, blk_hist, blk_acc, meta, k, config).finish_prefill(int(length))
 
 
+def ring_triton(buf: torch.Tensor, w: torch.Tensor, bias: Optional[torch.Tensor], pref: Optional[str] = None):
+    """The Triton kernels a ring step on this state runs (they read the position on the device),
+    or None where it runs another implementation. ``pref``: the program's ``kernels`` option
+    (default: the one recorded for ``w``, :func:`lcsm_compile.codegen.ring.kernels_preference`)."""
+    pref = kernels_preference(w) if pref is None else pref
+    if not (pref == "triton" or (pref == "auto" and buf.device.type == "cuda")):
+        return None
+    dense = buf.is_contiguous() and w.is_contiguous() and (bias is None or bias.is_contiguous())
+    return _triton(compute_dtype(buf.dtype), buf.device) if dense and buf.shape[-1] <= MAX_RING_TAPS else None
+
+
 def _ring_step(u, buf, w, bias: Optional[torch.Tensor], pos):
     # which kernels (codegen.ring.kernels_preference: the program's ``kernels`` option): Triton
     # on CUDA ("auto") or where asked for, native C on the CPU, else the torch twin
     pref = kernels_preference(w)
-    dense = buf.is_contiguous() and w.is_contiguous() and (bias is None or bias.is_contiguous())
     if pref == "triton" or (pref == "auto" and buf.device.type == "cuda"):
-        tk = _triton(compute_dtype(buf.dtype), buf.device) if dense and buf.shape[-1] <= MAX_RING_TAPS else None
+        tk = ring_triton(buf, w, bias, pref)
         if tk is not None:
             return tk.ring_step(u, buf, w, bias, pos)  # the position read on the device: no host sync
         return ring_step_reference(u, buf, w, bias, int(pos.reshape(-1)[0]))
+    dense = buf.is_contiguous() and w.is_contiguous() and (bias is None or bias.is_contiguous())
     t = int(pos.item())  # one element on the CPU (a Python op's microseconds count: a step calls it per layer)
     nk = (_native(buf.dtype, buf.device) if pref != "torch" and u.dtype == buf.dtype == w.dtype
           else None)
