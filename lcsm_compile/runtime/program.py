@@ -347,14 +347,6 @@ class CompiledStep:
         log.info("lcsm: step program compiled in %.1f s", self.setup_s)
         return out
 
-    @property
-    def note(self) -> str:
-        """How the step runs: compiled (and on CUDA whether it replays graphs), or why not."""
-        if self.failed is not None:
-            return f"step uncompiled (compiling failed: {self.failed})"
-        extra = getattr(self.fn, "note", None)
-        return "step compiled by Inductor" + (f"; {extra}" if extra else "")
-
 
 def _compile(step_gm: fx.GraphModule, whole: bool) -> Callable:
     """Compile the step program with Inductor (CPU C++ kernels for the position-wise work, the

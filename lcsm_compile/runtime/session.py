@@ -19,8 +19,7 @@ from ..errors import SessionError
 
 __all__ = ["Session", "intra_op_threads"]
 
-from .threads import intra_op_threads  # noqa: E402 - re-exported: the public place of the helper
-from .threads import fp32_convolutions  # noqa: E402
+from .threads import fp32_convolutions, intra_op_threads  # noqa: E402 - intra_op_threads re-exported here
 
 
 def _dense_strides(shape) -> tuple:
@@ -192,7 +191,7 @@ class Session:
         modal = getattr(self.program, "modal", None)
         if modal:  # modal long convolutions: recurrences, not the engine (runtime/modal.py)
             notes.append(f"{len(modal)} modal recurrence(s)")
-        step = getattr(getattr(self.program, "step_fn", None), "note", None)  # a compiled step: CUDA graphs?
-        if step and "CUDA graphs" in step:
-            notes.append(step.split("; ", 1)[-1])
+        graphs = getattr(getattr(getattr(self.program, "step_fn", None), "fn", None), "note", None)
+        if graphs:  # a compiled step on CUDA (runtime/cuda_graphs.py): its graphs, or why none
+            notes.append(graphs)
         return "; ".join(notes) if notes else "no long convolutions"
