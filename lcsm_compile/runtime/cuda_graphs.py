@@ -28,6 +28,7 @@ capture that fails. Those programs run the same compiled body without graphs.
 from __future__ import annotations
 
 import logging
+import operator
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import torch
@@ -39,15 +40,13 @@ __all__ = ["CudaGraphStep", "MAX_GRAPHS"]
 
 log = logging.getLogger("lcsm_compile")
 
-#: at most this many graphs per program (one per red-cell row: the block size, 16-128)
-MAX_GRAPHS = 512
-
 
 def _resolve(gm: fx.GraphModule, target: str) -> Any:
-    obj = gm
-    for p in target.split("."):
-        obj = getattr(obj, p)
-    return obj
+    """The attribute ``target`` (dotted) of ``gm``."""
+    return operator.attrgetter(target)(gm)
+
+#: at most this many graphs per program (one per red-cell row: the block size, 16-128)
+MAX_GRAPHS = 512
 
 
 class CudaGraphStep:
