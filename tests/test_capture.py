@@ -167,3 +167,34 @@ def test_max_len_recaptures_past_a_cached_buffer():
     for L in (3, 30):
         x = torch.randn(2, L, 3)
         assert rel(low(x), m(x)) < TOL
+
+
+def test_symbolic_bit_length_is_exact_and_its_shift_count_provably_nonnegative():
+    """``(2L - 1).bit_length()`` under capture: the value of ``int.bit_length`` at every length,
+    and ``b < 0`` decidable without a guard (torch < 2.13 checks the count of ``1 << b``; an
+    undecidable ``ceil(log2(.)) < 0`` broke the capture there, seen on the GPU machine's 2.11)."""
+    from torch._dynamo.source import ConstantSource
+    from torch.fx.experimental.symbolic_shapes import ShapeEnv, statically_known_true
+
+    from lcsm_compile.capture.symbolic import symbolic_bit_length
+
+    with symbolic_bit_length():
+        for L in (2, 3, 7, 8, 9, 1000, 4097):  # (0 and 1 specialize)
+            env = ShapeEnv()
+            n = env.create_symintnode(env.create_symbol(L, ConstantSource(f"L{L}")), hint=L)
+            assert isinstance(n, torch.SymInt)
+            b = (2 * n - 1).bit_length()
+            assert isinstance(b, torch.SymInt) and b.node.hint == (2 * L - 1).bit_length()
+            assert statically_known_true(b >= 0)
+            assert (b.node.expr < 0) == sympy.false  # what torch < 2.13's lshift evaluates
+
+    def f(t):
+        return t.new_zeros(1 << (2 * t.shape[1] - 1).bit_length())
+
+    torch._dynamo.reset()
+    for L in (13, 40):
+        xd = torch.randn(2, L)
+        torch._dynamo.mark_dynamic(xd, 1)
+        with symbolic_bit_length():
+            out = torch.compile(f, backend="eager", fullgraph=True, dynamic=True)(xd)
+        assert out.shape[0] == 1 << (2 * L - 1).bit_length()

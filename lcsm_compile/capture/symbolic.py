@@ -52,7 +52,9 @@ def symbolic_bit_length():
     old = getattr(torch.SymInt, "bit_length", None)
 
     def bit_length(n):
-        return math.ceil(torch._sym_log2(torch.sym_float(n + 1)))
+        # Max(., 0): exact for n >= 0, and a shift by it is decidable (torch < 2.13 asks whether
+        # the shift count is negative, which sympy cannot tell of a bare ceil(log2(.)))
+        return torch.sym_max(math.ceil(torch._sym_log2(torch.sym_float(n + 1))), 0)
     torch.SymInt.bit_length = bit_length
     try:
         yield
