@@ -10,8 +10,10 @@ for each of the B sequences; times are per step.
 Rows:
 
 * ``lcsm step (graph)``: ``lcsm_compile.session(..., compile_step=False)``;
-* ``lcsm step (compiled)``: ``compile_step=True`` (Inductor on the step program); its setup
+* ``lcsm step (compiled)``: ``compile_step=True`` (Inductor on the step program; on the CPU the
+  per-step ops run as the C++ step ops of ``lcsm_compile.codegen.cpu_ops``); its setup
   (session + first step, which compiles) is reported separately and never in the step times;
+* ``lcsm step (compiled, Python ops)`` (``--python-ops``): the same with the ops' Python bodies;
 * ``weight floor``: the model's matmul weights (every 2-D parameter used as a matmul weight on
   the token stream, found by running the model once: nn.Linear layers, a tied head; not the
   embedding table, a row lookup, nor weights that only compute the long filters) read once as
@@ -46,6 +48,7 @@ smoke test, about a minute). Writes ``benchmarks/results/step.json`` and ``step.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import os
 import statistics
@@ -67,6 +70,7 @@ from _util import median_time, write_results  # noqa: E402
 
 import lcsm_compile  # noqa: E402
 from lcsm_compile.models import HyenaLM, StripedHyenaLM  # noqa: E402
+from lcsm_compile.codegen import cpu_ops  # noqa: E402
 
 MODELS = {"hyena": "HyenaLM", "striped": "StripedHyenaLM"}
 VOCAB = 256
@@ -274,6 +278,9 @@ def main(argv=None) -> dict:
                     help="time the lcsm rows again with a spinner process on another core")
     ap.add_argument("--no-compiled", action="store_true", help="skip the compile_step=True rows")
     ap.add_argument("--no-baselines", action="store_true", help="skip the lazy/eager rows")
+    ap.add_argument("--python-ops", action="store_true",
+                    help="also time the compiled step with the per-step ops' Python bodies instead of the C++ "
+                         "step ops (codegen/cpu_ops.py), in the same run")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: a smoke test of the script")
     ap.add_argument("--out", default="step")
     args = ap.parse_args(argv)
@@ -331,25 +338,31 @@ def main(argv=None) -> dict:
             print(f"{tag}: weight floor {floor * 1e3:.3f} ms ({nbytes / floor / 1e9:.1f} GB/s)")
             # lcsm rows, one session at a time (at 2^15 x batch 8 the online state is several GB)
             lcsm = {}
-            variants = [("lcsm step (graph)", False)] + ([] if args.no_compiled else [("lcsm step (compiled)", True)])
-            for name, cs in variants:
-                sess, setup = make_session(model, ids, max_len, args.threads, compile_step=cs)
-                st = time_steps(sess, ids, P, args.steps, args.warmup, f"{tag} {name}")
-                setup_total = setup + st["first_warmup_step_s"]
-                spin = None
-                if spin_cpu is not None:
-                    with spinner(spin_cpu, spin_log):
-                        spin = time_steps(sess, ids, P, args.steps, args.warmup, f"{tag} {name}, spinning")
+            variants = [("lcsm step (graph)", False, True)] + ([] if args.no_compiled else [
+                ("lcsm step (compiled)", True, True)] + ([("lcsm step (compiled, Python ops)", True, False)]
+                                                         if args.python_ops else []))
+            for name, cs, cpp in variants:
+                # cpp=False: the per-step ops through their Python bodies (codegen/cpu_ops.py)
+                with contextlib.nullcontext() if cpp else cpu_ops.python_bodies():
+                    sess, setup = make_session(model, ids, max_len, args.threads, compile_step=cs)
+                    st = time_steps(sess, ids, P, args.steps, args.warmup, f"{tag} {name}")
+                    setup_total = setup + st["first_warmup_step_s"]
+                    spin = None
+                    if spin_cpu is not None:
+                        with spinner(spin_cpu, spin_log):
+                            spin = time_steps(sess, ids, P, args.steps, args.warmup, f"{tag} {name}, spinning")
                 row = add_row(mname, B, name, st, setup=setup_total, spin=spin, compile_step=cs,
                               session_s=setup)
+                row["step_ops"] = cpu_ops.status() if cs and cpp else ("Python step ops" if cs else "graph")
                 lcsm[name] = (row, cs)
                 print(f"{tag}: {name}: median {st['median'] * 1e3:.3f} ms, mean {st['mean'] * 1e3:.3f} ms, "
                       f"longest/median {st['max_over_median']:.1f}x, setup {setup_total:.1f} s"
                       + (f", spinning median {spin['median'] * 1e3:.3f} ms ({row['spin_over_quiet']:.2f}x)"
                          if spin else ""))
                 if args.latency_steps:
-                    lt = time_steps(sess, ids, lat_prefill, args.latency_steps, args.warmup,
-                                    f"{tag} {name}, latency run")
+                    with contextlib.nullcontext() if cpp else cpu_ops.python_bodies():
+                        lt = time_steps(sess, ids, lat_prefill, args.latency_steps, args.warmup,
+                                        f"{tag} {name}, latency run")
                     lt.pop("times")
                     latency_runs.append({"model": MODELS[mname], "batch": B, "row": name, **lt})
                     print(f"{tag}: {name}: latency run of {args.latency_steps} steps from {lat_prefill}: longest "

@@ -32,7 +32,7 @@ from typing import Optional
 
 import torch
 
-__all__ = ["SOURCE", "ring_step_reference", "prefer_kernels", "kernels_preference"]
+__all__ = ["SOURCE", "ring_step_reference", "prefer_kernels", "kernels_preference", "preferences"]
 
 _PREFER: dict = {}  # (device, data_ptr of w) -> (weak ref to w, kernels option)
 
@@ -44,6 +44,19 @@ def prefer_kernels(w: torch.Tensor, kernels: str) -> None:
         for key in [k for k, (ref, _) in _PREFER.items() if ref() is None]:
             del _PREFER[key]
     _PREFER[(w.device, w.data_ptr())] = (weakref.ref(w), kernels)
+    from . import cpu_ops  # the C++ step ops run the native path only for "auto" / "native"
+
+    cpu_ops.set_python_only(w, kernels not in ("auto", "native"))
+
+
+def preferences() -> list:
+    """``[(w, kernels)]``: every recorded preference whose weights are alive."""
+    out = []
+    for ref, kernels in list(_PREFER.values()):
+        w = ref()
+        if w is not None:
+            out.append((w, kernels))
+    return out
 
 
 def kernels_preference(w: torch.Tensor) -> str:

@@ -539,15 +539,34 @@ class OnlineConv:
 
     def sync(self) -> None:
         """Take the position from ``meta`` when it was changed outside this object (the state
-        tensors copied or loaded as tensors): the schedule is a function of the position."""
+        tensors copied or loaded as tensors, or the C++ ``online_advance`` of
+        codegen/cpu_ops.cpp, which moves ``meta`` over steps without tile work): the schedule is
+        a function of the position. Everything that reads :attr:`position` from outside the
+        ops (a program's error handling, :meth:`state_dict`) syncs first."""
         position, prefill_len, blk_start = (int(v) for v in self._meta_np[:3])
         if (position, prefill_len, blk_start) == (self.position, self.prefill_len, self._blk_start):
+            return
+        if (prefill_len, blk_start) == (self.prefill_len, self._blk_start) and self.position <= position <= self._due:
+            # moved forward over steps without tile work (the C++ advance, codegen/cpu_ops.cpp):
+            # each level's next chunk is still the one from here (the schedule is a function of it)
+            self.position = position
             return
         if not 0 <= prefill_len <= position <= self.max_len:
             raise SessionError(f"state has position {position}, prefill {prefill_len}: not valid for "
                                f"max_len={self.max_len}")
         self.position, self.prefill_len, self._blk_start = position, prefill_len, blk_start
         self._set_schedule(prefill_len, position)
+
+    def state_position(self) -> int:
+        """The position as the state tensors hold it (``meta[0]``), without syncing."""
+        return int(self._meta_np[0])
+
+    def quiet_until(self) -> int:
+        """The first step ``>= position`` whose :meth:`advance` has tile work (a block end, a
+        chunk of a delayed tile, or the last position): the steps before it only move the
+        position (what the C++ ``online_advance`` does itself, codegen/cpu_ops.cpp)."""
+        end = min(self._blk_start + self.block - 1, self.max_len - 1)
+        return max(self.position, min(end, self._due))
 
     def bind(self, hist: torch.Tensor, acc: torch.Tensor, blk_hist: torch.Tensor, blk_acc: torch.Tensor,
              meta: torch.Tensor) -> None:
@@ -603,6 +622,7 @@ class OnlineConv:
         earlier format (``hist`` and ``acc``, which :meth:`load_state_dict` still takes) held
         two. ``copy=False``: views of the live state instead of copies (no extra memory: write
         them out, e.g. with ``torch.save``, before the next step)."""
+        self.sync()  # the position as the state holds it (the C++ advance moves only meta)
         b = self._blk_start
         done = max(0, self.position - b)
         if self.merged:
@@ -666,6 +686,7 @@ class OnlineConv:
         return f["total"] / length
 
     def __repr__(self) -> str:
+        self.sync()
         return (f"OnlineConv(channels={self.channels}, max_len={self.max_len}, batch={self.batch_size}, "
                 f"dtype={self.dtype}, block={self.block}, fft_from={self.fft_from}, delay_from={self.delay_from}, "
                 f"position={self.position}, "

@@ -36,7 +36,7 @@ from ..errors import SessionError
 from ..ops import compute_dtype
 from ..passes.common import SHORT_CONV
 from ..passes.step_graph import LongSlot, ShortSlot, bind_slots, lift_attributes, lower_slots, state_attr
-from . import state_ops as _state_ops  # noqa: F401 - registers the implementations of the lcsm ops
+from . import state_ops as _state_ops  # registers the implementations of the lcsm ops
 from .baselines import EagerConv, LazyConv, NullConv
 from .engine import OnlineConv
 from .kv_cache import kv_caches  # also registers the implementations of lcsm::kv_attend / kv_prefill
@@ -151,13 +151,16 @@ class StreamProgram:
         except BaseException:
             for e in self._python_engines:
                 e.rollback()
-            moved = [e for e in self.engines if isinstance(e, OnlineConv) and e.position != int(pos)]
+            moved = [e for e in self.engines if isinstance(e, OnlineConv) and _moved(e, int(pos))]
             if moved:
                 self.reset()
                 err = SessionError(f"a step failed inside the tile work of position {int(pos)}; the state "
                                    f"was reset to position 0 (prefill again)")
                 err.state_reset = True
                 raise err from None
+            for e in self.engines:  # nothing moved: the objects read the position from the state
+                if isinstance(e, OnlineConv):
+                    e.sync()
             raise
         for e in self._python_engines:
             e.advance()
@@ -337,7 +340,7 @@ class CompiledStep:
         try:
             out = self.fn(x_t, pos)
         except Exception as e:  # the compiler, or the input?
-            if any(isinstance(g, OnlineConv) and g.position != int(pos) for g in self.engines):
+            if any(isinstance(g, OnlineConv) and _moved(g, int(pos)) for g in self.engines):
                 raise
             out = self.gm(x_t, pos)  # raises the input's own error
             self.failed = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
@@ -346,6 +349,14 @@ class CompiledStep:
         self.setup_s = time.perf_counter() - t0
         log.info("lcsm: step program compiled in %.1f s", self.setup_s)
         return out
+
+
+def _moved(e: OnlineConv, pos: int) -> bool:
+    """Whether a failed step at ``pos`` moved the engine ``e``: its state (``meta``) is elsewhere,
+    or its advance got past ``pos`` before it failed (the object's position runs ahead of
+    ``meta`` until the advance publishes it). The object's position may also lag ``meta``: the
+    C++ advance (codegen/cpu_ops.cpp) moves only ``meta`` over steps without tile work."""
+    return e.state_position() != pos or e.position > pos
 
 
 def _compile(step_gm: fx.GraphModule, whole: bool) -> Callable:
@@ -403,6 +414,8 @@ class InductorStep:
     def __call__(self, x_t: torch.Tensor, pos: torch.Tensor):
         if self.fn is None:
             inductor = importlib.import_module("torch._inductor")  # loaded when first needed
+            if x_t.device.type == "cpu":  # the per-step ops as C++ kernels (codegen/cpu_ops.py)
+                _state_ops.use_cpp_step_ops()
             x_t = x_t.clone(memory_format=torch.contiguous_format)
             # no size/stride asserts on the ~80 inputs per call (76 us of a 1.6 ms step, 4 x 256):
             # the lifted tensors are fixed and x_t is checked here

@@ -15,6 +15,7 @@ from typing import Any, Optional
 
 import torch
 
+from ..codegen import cpu_ops
 from ..errors import SessionError
 
 __all__ = ["Session", "intra_op_threads"]
@@ -191,7 +192,10 @@ class Session:
         modal = getattr(self.program, "modal", None)
         if modal:  # modal long convolutions: recurrences, not the engine (runtime/modal.py)
             notes.append(f"{len(modal)} modal recurrence(s)")
-        graphs = getattr(getattr(getattr(self.program, "step_fn", None), "fn", None), "note", None)
+        fn = getattr(getattr(self.program, "step_fn", None), "fn", None)
+        graphs = getattr(fn, "note", None)
         if graphs:  # a compiled step on CUDA (runtime/cuda_graphs.py): its graphs, or why none
             notes.append(graphs)
+        elif getattr(fn, "fn", None) is not None and self._device.type == "cpu":  # a compiled CPU step
+            notes.append(cpu_ops.status())  # its per-step ops in C++, or why not (codegen/cpu_ops.py)
         return "; ".join(notes) if notes else "no long convolutions"

@@ -18,8 +18,8 @@ from typing import List, Optional
 
 import torch
 
-from ..codegen import KERNEL_CODES, STEP_CODES, kernels_for, triton_kernels_for
-from ..codegen.ring import kernels_preference, ring_step_reference
+from ..codegen import KERNEL_CODES, STEP_CODES, cpu_ops, kernels_for, triton_kernels_for
+from ..codegen.ring import kernels_preference, preferences, ring_step_reference
 from ..codegen.triton import MAX_RING_TAPS
 from ..errors import SessionError
 from ..ops import causal_short_conv, compute_dtype, register_stateful_impl
@@ -27,7 +27,7 @@ from . import engine as _engine
 from .engine import OnlineConv, red_step
 from .partitioned import prompt_conv
 
-__all__ = ["engine_for", "ring_triton"]
+__all__ = ["engine_for", "ring_triton", "use_cpp_step_ops"]
 
 _NATIVE: dict = {}
 
@@ -88,7 +88,11 @@ def _online_diag(u, blk_hist, blk_acc, kb, meta, c0):
 
 
 def _online_advance(hist, acc, blk_hist, blk_acc, meta, k, config):
-    engine_for(hist, acc, blk_hist, blk_acc, meta, k, config).advance()
+    eng = engine_for(hist, acc, blk_hist, blk_acc, meta, k, config)
+    eng.advance()
+    if cpu_ops.active() and meta.device.type == "cpu":  # the C++ advance moves over the quiet steps
+        m = eng._meta_np
+        cpu_ops.publish_quiet(meta, int(m[3]), eng.prefill_len, eng._blk_start, eng.position, eng.quiet_until())
 
 
 def _online_prefill(u, hist, acc, meta, k, c0):
@@ -159,6 +163,32 @@ def _ring_prefill(u, buf, w, bias: Optional[torch.Tensor]):
     for p in range(lo, P):
         buf[..., p % K] = u[..., p]
     return y
+
+
+def use_cpp_step_ops() -> bool:
+    """Run the per-step ops (ring step, red cells, the quiet steps' advance, modal step) as the
+    C++ CPU kernels of :mod:`lcsm_compile.codegen.cpu_ops`, with these Python bodies for every
+    other case; returns whether they are on (``cpu_ops.status()`` says why not)."""
+    if cpu_ops.active():
+        return True
+    from . import modal as modal_rt  # (imported here: runtime.modal is the modal ops' module)
+
+    addresses = {}
+    for dtype in (torch.float32, torch.float64):
+        nk = kernels_for(dtype, torch.device("cpu"))[0]
+        if nk is not None:
+            s = "f32" if dtype == torch.float32 else "f64"
+            addresses[f"lcsm_ring_step_{s}"] = cpu_ops.kernel_address(nk.ring_step)
+            addresses[f"lcsm_red_step_{s}"] = cpu_ops.kernel_address(nk.red_step)
+    mk = modal_rt.modal_kernel()
+    if mk is not None:
+        for dtype, fn in mk.fns.items():
+            addresses["lcsm_modal_step_" + ("f32" if dtype == torch.float32 else "f64")] = cpu_ops.kernel_address(fn)
+    # the bodies looked up now (module globals), so that a test's spy on them is what C++ calls
+    fallbacks = {"ring_step": globals()["_ring_step"], "online_diag": globals()["_online_diag"],
+                 "online_advance": globals()["_online_advance"], "modal_step": modal_rt._modal_step}
+    python_only = [w for w, k in preferences() if k not in ("auto", "native")]
+    return cpu_ops.activate(addresses, fallbacks, python_only)
 
 
 for _name, _fn in (("online_diag", _online_diag), ("online_advance", _online_advance),
