@@ -8,6 +8,10 @@ _cache = tempfile.mkdtemp(prefix="lcsm-test-cache-")
 os.environ.setdefault("TORCHINDUCTOR_CACHE_DIR", os.path.join(_cache, "inductor"))
 os.environ.setdefault("TRITON_CACHE_DIR", os.path.join(_cache, "triton"))
 os.environ.setdefault("LCSM_CACHE_DIR", os.path.join(_cache, "lcsm"))
+# compiled CPU steps with Inductor's Python wrapper in the suite (the C++ wrapper, the product
+# default, adds ~20 s to each of the suite's many first compiles); tests/test_cpu_ops.py turns
+# it on where it is the subject
+os.environ.setdefault("LCSM_CPP_WRAPPER", "0")
 
 _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 if _root not in sys.path:

@@ -179,3 +179,19 @@ def test_quiet_span_is_exactly_the_steps_without_tile_work():
         assert not any(s in busy for s in range(t, q))
         assert q in busy or q == L - 1
         eng.step(torch.randn(1, C))
+
+
+def test_compiled_step_with_inductors_cpp_wrapper(cxx, monkeypatch):
+    """The product default for compiled CPU steps (the suite runs the Python wrapper for time):
+    Inductor's C++ wrapper around the kernels, teacher-forced exact against the uncompiled
+    graph, and the session says which wrapper runs."""
+    monkeypatch.setenv("LCSM_CPP_WRAPPER", "1")
+    model = _hyena()
+    x = torch.randint(0, 64, (2, 48))
+    sess = lcsm_compile.session(model, x[:, :5], max_len=48, compile_step=True)
+    got = teacher_force(sess, x, 5)
+    fn = sess.program.step_fn.fn
+    assert sess.program.step_fn.failed is None and fn.wrapper == "C++", fn.wrapper_note
+    assert "Inductor C++ wrapper" in sess.kernel_note
+    ref = teacher_force(lcsm_compile.session(model, x[:, :5], max_len=48, compile_step=False), x, 5)
+    assert rel(got[0], ref[0]) < 1e-5

@@ -24,6 +24,7 @@ import dataclasses
 import importlib
 import logging
 import math
+import os
 import time
 from typing import Any, Callable, Dict, List, Optional
 
@@ -410,6 +411,9 @@ class InductorStep:
         self.tensors = tuple(_resolve(gm, n) for n in names)
         self.fn: Optional[Callable] = None
         self._x: Optional[tuple] = None
+        #: "C++" (Inductor's C++ wrapper around the kernels), "Python", or None before the compile
+        self.wrapper: Optional[str] = None
+        self.wrapper_note = ""
 
     def __call__(self, x_t: torch.Tensor, pos: torch.Tensor):
         if self.fn is None:
@@ -417,10 +421,21 @@ class InductorStep:
             if x_t.device.type == "cpu":  # the per-step ops as C++ kernels (codegen/cpu_ops.py)
                 _state_ops.use_cpp_step_ops()
             x_t = x_t.clone(memory_format=torch.contiguous_format)
+            inputs = [x_t, pos, *self.tensors]
             # no size/stride asserts on the ~80 inputs per call (76 us of a 1.6 ms step, 4 x 256):
             # the lifted tensors are fixed and x_t is checked here
-            fn = inductor.compile(self.lifted, [x_t, pos, *self.tensors],
-                                  options={"cpp.threads": 1, "size_asserts": False})
+            opts = {"cpp.threads": 1, "size_asserts": False}
+            fn = None
+            if x_t.device.type == "cpu" and cpp_wrapper_enabled():
+                try:  # the C++ wrapper: no Python between the kernels (docs/streaming.md, compile_step)
+                    fn = inductor.compile(self._with_fake_values(inputs), inputs, options={**opts, "cpp_wrapper": True})
+                    self.wrapper = "C++"
+                except Exception as e:  # noqa: BLE001 - the Python wrapper still compiles
+                    self.wrapper_note = f"C++ wrapper failed ({type(e).__name__}: {str(e).strip()[:160]})"
+                    log.warning("lcsm: %s; compiling the step with Inductor's Python wrapper", self.wrapper_note)
+            if fn is None:
+                fn = inductor.compile(self.lifted, inputs, options=opts)
+                self.wrapper = "Python"
             self.fn, self._x = fn, (x_t.dtype, x_t.shape, x_t.stride())
         elif (x_t.dtype, x_t.shape, x_t.stride()) != self._x:
             dtype, shape, _ = self._x
@@ -429,3 +444,20 @@ class InductorStep:
                                    f"for {tuple(shape)} {dtype}")
             x_t = x_t.to(dtype).clone(memory_format=torch.contiguous_format)
         return self.fn(x_t, pos, *self.tensors)
+
+    def _with_fake_values(self, inputs: list) -> fx.GraphModule:
+        """The lifted graph with a fake ``meta["val"]`` on every placeholder: Inductor's C++
+        wrapper takes its inputs' metadata from there (the lifted tensors have none)."""
+        from torch._subclasses.fake_tensor import FakeTensorMode
+
+        mode = FakeTensorMode()
+        for ph, ex in zip(self.lifted.graph.find_nodes(op="placeholder"), inputs):
+            if isinstance(ex, torch.Tensor):
+                ph.meta["val"] = mode.from_tensor(ex)
+        return self.lifted
+
+
+def cpp_wrapper_enabled() -> bool:
+    """Whether compiled CPU steps use Inductor's C++ wrapper (``LCSM_CPP_WRAPPER``, default on;
+    ``0`` for the Python wrapper: a faster first compile, ~3-10 s instead of ~20-30 s)."""
+    return os.environ.get("LCSM_CPP_WRAPPER", "1") != "0"

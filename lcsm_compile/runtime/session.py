@@ -198,4 +198,6 @@ class Session:
             notes.append(graphs)
         elif getattr(fn, "fn", None) is not None and self._device.type == "cpu":  # a compiled CPU step
             notes.append(cpu_ops.status())  # its per-step ops in C++, or why not (codegen/cpu_ops.py)
+            if getattr(fn, "wrapper", None):  # Inductor's C++ or Python wrapper (runtime/program.py)
+                notes.append(f"Inductor {fn.wrapper} wrapper" + (f" ({fn.wrapper_note})" if fn.wrapper_note else ""))
         return "; ".join(notes) if notes else "no long convolutions"
